@@ -1,0 +1,32 @@
+# `make demo` and `make test` each set up .venv (CPU torch) and run. GPU users: create
+# .venv yourself with your CUDA torch build first; the torch pin below is then satisfied.
+PY       ?= python3
+VENV     ?= .venv
+BIN      := $(VENV)/bin
+TORCH    ?= torch==2.13.0
+STAMP    := $(VENV)/.installed
+STUDY    ?= studies/default.yaml
+DEMO_OUT ?= demo-out
+
+.PHONY: demo test venv bench clean
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH)"
+	$(BIN)/python -m pip install -q -e ".[notebooks,test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests
+
+demo: $(STAMP)
+	OMP_NUM_THREADS=2 $(BIN)/latentlab run $(STUDY) --out $(DEMO_OUT)
+
+bench: $(STAMP)
+	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) $(DEMO_OUT) workspace

@@ -1,0 +1,48 @@
+"""`latentlab import-latents` and `latentlab datasets`."""
+
+from __future__ import annotations
+
+import click
+
+from latentlab.cli import cli
+from latentlab.cli.common import emit, json_option
+from latentlab.errors import LatentlabError
+
+
+@cli.command("import-latents")
+@click.option("--dataset", default=None, help="Store a dataset's raw pixels as the 'pixels' baseline (train/ and test/).")
+@click.option("--latents", "latents_path", type=click.Path(), default=None, help="X.npy of shape (N, T, C) or (N, D).")
+@click.option("--labels", "labels_path", type=click.Path(), default=None, help="y.npy of int class labels (N,).")
+@click.option("--out", required=True, type=click.Path(), help="Store directory to write (replaced atomically).")
+@click.option("--name", default=None, help="Tokenizer label recorded in the store (default: the directory name).")
+@click.option("--split", type=click.Choice(["train", "test"]), default=None, help="Split recorded for --latents.")
+@json_option
+def import_latents_cmd(dataset, latents_path, labels_path, out, name, split, as_json):
+    """Store latents as a LatentStore: a dataset's pixels, or latents extracted elsewhere.
+
+    \b
+    latentlab import-latents --dataset mnist5k --out workspace/stores/pixels
+    latentlab import-latents --latents X.npy --labels y.npy --out STORE --name sdvae
+    """
+    from latentlab.latents import import_arrays, import_pixels
+
+    if (dataset is None) == (latents_path is None):
+        raise LatentlabError("give exactly one of --dataset or --latents")
+    if dataset is not None:
+        stores = import_pixels(dataset, out, name=name or "pixels")
+    else:
+        stores = {split or "train": import_arrays(latents_path, labels_path, out, name=name, split=split)}
+    summary = {"out": out, "stores": {s: {"path": str(st.path), "count": len(st), "sample_shape": st.sample_shape,
+                                          "name": st.name} for s, st in stores.items()}}
+    emit(summary, as_json, lambda s: "\n".join(
+        f"wrote {v['path']}: {v['count']} latents of shape {tuple(v['sample_shape'])}" for v in s["stores"].values()))
+
+
+@cli.command("datasets")
+@json_option
+def datasets_cmd(as_json):
+    """List the registered datasets."""
+    from latentlab.data import DATASETS
+
+    summary = {name: (fn.__doc__ or "").strip().splitlines()[0] for name, fn in sorted(DATASETS.items())}
+    emit(summary, as_json, lambda s: "\n".join(f"{k:12s} {v}" for k, v in s.items()))

@@ -1,0 +1,185 @@
+"""Atomic writes, JSON/CSV helpers and safetensors checkpoints.
+
+Everything latentlab writes goes to a temporary name first and is renamed into place,
+so a file or directory is either complete or absent, and an older version is never
+lost half way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from latentlab.errors import LatentlabError
+
+
+def _tmp_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary file path next to `path`; rename it onto `path` if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp_name(path)
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temporary directory; on success it replaces `path` (an old `path` is removed only then)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not overwrite:
+        raise LatentlabError(f"{path} already exists; choose another --out or remove it")
+    tmp = _tmp_name(path)
+    tmp.mkdir()
+    try:
+        yield tmp
+        if path.exists():
+            old = _tmp_name(path)
+            os.replace(path, old)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _json_default(o: Any) -> Any:
+    if isinstance(o, (np.integer,)):
+        return int(o)
+    if isinstance(o, (np.floating,)):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, Path):
+        return str(o)
+    if hasattr(o, "item"):
+        return o.item()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def _clean(o: Any) -> Any:
+    """Replace NaN/inf floats by None so the JSON is strict."""
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    if isinstance(o, dict):
+        return {k: _clean(v) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        return [_clean(v) for v in o]
+    return o
+
+
+def to_json(obj: Any, indent: int | None = 2) -> str:
+    """Strict JSON text (NaN becomes null) for numpy/torch scalars, arrays and paths."""
+    return json.dumps(_clean(json.loads(json.dumps(obj, default=_json_default))), indent=indent)
+
+
+def save_json(obj: Any, path: str | os.PathLike) -> Path:
+    """Write JSON atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(to_json(obj) + "\n")
+    return Path(path)
+
+
+def load_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Read JSON, turning a missing or corrupt file into a one-line LatentlabError."""
+    path = Path(path)
+    if not path.is_file():
+        raise LatentlabError(f"{what} not found: {path}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise LatentlabError(f"{what} {path} is corrupt ({e.msg if hasattr(e, 'msg') else e}); recreate it") from None
+
+
+def save_csv(df, path: str | os.PathLike) -> Path:
+    """Write a pandas DataFrame as CSV atomically."""
+    with atomic_path(path) as tmp:
+        df.to_csv(tmp, index=False)
+    return Path(path)
+
+
+def save_npy(arr: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write a .npy atomically."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, arr)
+    return Path(path)
+
+
+def file_hash(path: str | os.PathLike, n: int = 16) -> str:
+    """First `n` hex digits of the SHA-256 of a file."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:n]
+
+
+def obj_hash(obj: Any, n: int = 16) -> str:
+    """Stable hash of a JSON-able object (sorted keys)."""
+    return hashlib.sha256(json.dumps(_clean(obj), sort_keys=True, default=_json_default).encode()).hexdigest()[:n]
+
+
+def save_safetensors(state: dict, path: str | os.PathLike, metadata: dict | None = None) -> Path:
+    """Save a state dict as safetensors atomically (tensors made contiguous, on CPU)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={k: str(v) for k, v in (metadata or {}).items()})
+    return Path(path)
+
+
+def load_safetensors(path: str | os.PathLike, device: str = "cpu") -> dict:
+    """Load a safetensors file; a missing or corrupt file is a one-line LatentlabError."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    if not path.is_file():
+        raise LatentlabError(f"checkpoint not found: {path}")
+    try:
+        return load_file(str(path), device=device)
+    except Exception as e:  # safetensors raises SafetensorError / OSError on corrupt headers
+        raise LatentlabError(f"checkpoint {path} is corrupt or not safetensors ({type(e).__name__}); retrain or recopy it") from None
+
+
+def load_torch_state(path: str | os.PathLike) -> Any:
+    """`torch.load(weights_only=True)`: never unpickles arbitrary objects."""
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise LatentlabError(f"state file not found: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise LatentlabError(f"state file {path} is corrupt or holds non-tensor objects ({type(e).__name__}); remove it to start fresh") from None
+
+
+def save_torch_state(obj: Any, path: str | os.PathLike) -> Path:
+    """torch.save atomically (only plain containers of tensors/numbers/strings, loadable with weights_only)."""
+    import torch
+
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)

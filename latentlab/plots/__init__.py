@@ -1,0 +1,35 @@
+"""Figures. Each analysis has its own module here (gmm, probe, sit, study, ...);
+this module holds the shared style and the atomic PNG (+ PDF) writer."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from latentlab.io import atomic_path  # noqa: E402
+
+PALETTE = "tab10"
+
+
+def new_figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0, 3.6), **kw):
+    """A figure with a grid of axes sized `size` per panel."""
+    fig, axes = plt.subplots(nrows, ncols, figsize=(size[0] * ncols, size[1] * nrows), squeeze=False, **kw)
+    return fig, axes
+
+
+def save_figure(fig, path: str | os.PathLike, pdf: bool = True, dpi: int = 130) -> Path:
+    """Write `fig` to PATH.png (and PATH.pdf) atomically, then close it."""
+    path = Path(path).with_suffix(".png")
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, format="png")
+    if pdf:
+        with atomic_path(path.with_suffix(".pdf")) as tmp:
+            fig.savefig(tmp, format="pdf")
+    plt.close(fig)
+    return path

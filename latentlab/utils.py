@@ -1,0 +1,106 @@
+"""Seeds, devices, progress bars and torch.distributed helpers shared by every module."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from typing import Iterable, Iterator, TypeVar
+
+import numpy as np
+import torch
+
+from latentlab.errors import LatentlabError
+
+T = TypeVar("T")
+
+
+def seed_everything(seed: int, rank: int = 0) -> int:
+    """Seed python, numpy and torch with `seed + rank`; returns the seed used."""
+    s = int(seed) + int(rank)
+    random.seed(s)
+    np.random.seed(s % (2**32))
+    torch.manual_seed(s)
+    return s
+
+
+def get_device(spec: str | torch.device | None = None) -> torch.device:
+    """Resolve 'auto' / None to CUDA when available, else CPU; validate explicit names."""
+    if isinstance(spec, torch.device):
+        return spec
+    if spec in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(spec)
+    except RuntimeError:
+        raise LatentlabError(f"unknown device {spec!r}; use cpu, cuda, cuda:N or auto") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LatentlabError(f"device {spec!r} requested but CUDA is not available; use --device cpu")
+    return dev
+
+
+# ---------------------------------------------------------------- distributed
+
+def dist_ready() -> bool:
+    """True when torch.distributed is initialised (for example under torchrun)."""
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def rank() -> int:
+    return torch.distributed.get_rank() if dist_ready() else 0
+
+
+def world_size() -> int:
+    return torch.distributed.get_world_size() if dist_ready() else 1
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def all_reduce_(t: torch.Tensor) -> torch.Tensor:
+    """Sum `t` in place over ranks (no-op outside torch.distributed). float64 is kept as is."""
+    if dist_ready():
+        torch.distributed.all_reduce(t)
+    return t
+
+
+def init_distributed_from_env() -> bool:
+    """Initialise torch.distributed when launched by torchrun (WORLD_SIZE > 1). Returns True if initialised."""
+    if dist_ready():
+        return True
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    torch.distributed.init_process_group(backend=backend)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return True
+
+
+# ---------------------------------------------------------------- progress
+
+def progress_enabled() -> bool:
+    """Progress bars go to stderr on rank 0 unless LATENTLAB_PROGRESS=0."""
+    return is_main() and os.environ.get("LATENTLAB_PROGRESS", "1") != "0"
+
+
+def progress(iterable: Iterable[T] | None = None, desc: str = "", total: int | None = None,
+             leave: bool = False, **kw) -> Iterator[T]:
+    """A tqdm bar on stderr (disabled off rank 0 or with LATENTLAB_PROGRESS=0)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, leave=leave, file=sys.stderr,
+                disable=not progress_enabled(), dynamic_ncols=True, **kw)
+
+
+def warn(msg: str) -> None:
+    """A one-line warning on stderr (rank 0 only)."""
+    if is_main():
+        print(f"warning: {msg}", file=sys.stderr)
+
+
+def info(msg: str) -> None:
+    """A one-line status message on stderr (rank 0 only)."""
+    if is_main():
+        print(msg, file=sys.stderr)
