@@ -1,0 +1,284 @@
+"""SiT: a DiT-style transformer that predicts flow-matching velocities on latents.
+
+In reading order: sin-cos position tables, timestep/label embedders, input embedders
+(1D tokens or 2D grids), the adaLN-Zero block, the final layer, the model, size presets
+and the registry `SIT_MODELS` at the bottom (after facebookresearch/DiT and willisma/SiT).
+
+Inputs follow the LatentStore layouts:
+  - "tokens": one sample is `(T, C)`; a linear embedding C -> D plus 1D sin-cos positions;
+  - "grid":   one sample is `(C, H, W)`; p x p patches -> D plus 2D sin-cos positions.
+The model is class-conditional: labels `0..num_classes-1`, and the extra index
+`num_classes` is the null class used for label dropout and classifier-free guidance.
+The timestep t lies in [0, 1] (t = 0 noise, t = 1 data; see `latentlab.transport`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from latentlab.errors import LatentlabError
+
+LAYOUTS = ("tokens", "grid")
+
+
+@dataclass
+class SiTConfig:
+    """Architecture of one SiT; stored as a plain dict in the run's config.json."""
+
+    depth: int = 4
+    hidden_size: int = 128
+    num_heads: int = 4
+    mlp_ratio: float = 4.0
+    patch_size: int = 2           # grid layout only: p x p patches
+    sample_shape: tuple[int, ...] = (16, 8)   # (T, C) for "tokens", (C, H, W) for "grid"
+    layout: str = "tokens"
+    num_classes: int = 10         # 0 = unconditional (only the null class exists)
+    time_scale: float = 1000.0    # t in [0, 1] is scaled by this before the sinusoidal embedding
+
+
+# ---------------------------------------------------------------- sin-cos position tables
+
+def sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
+    """(P,) positions -> (P, dim) table of [sin, cos] at geometric frequencies (MAE/DiT)."""
+    if dim % 2:
+        raise LatentlabError(f"sin-cos embedding needs an even width, got {dim}")
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))  # (dim/2,)
+    out = np.outer(positions.reshape(-1).astype(np.float64), omega)               # (P, dim/2)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)                     # (P, dim)
+
+
+def sincos_2d(dim: int, h: int, w: int) -> np.ndarray:
+    """(h*w, dim) table: half the width encodes the row, half the column."""
+    if dim % 4:
+        raise LatentlabError(f"2D sin-cos embedding needs a width divisible by 4, got {dim}")
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")  # (h, w) each
+    return np.concatenate([sincos_1d(dim // 2, rows), sincos_1d(dim // 2, cols)], axis=1)  # (h*w, dim)
+
+
+# ---------------------------------------------------------------- conditioning embedders
+
+class TimestepEmbedder(nn.Module):
+    """Scalar t -> sinusoidal features -> 2-layer MLP of width D."""
+
+    def __init__(self, hidden_size: int, freq_size: int = 256, scale: float = 1000.0):
+        super().__init__()
+        self.freq_size, self.scale = freq_size, scale
+        self.mlp = nn.Sequential(nn.Linear(freq_size, hidden_size), nn.SiLU(), nn.Linear(hidden_size, hidden_size))
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.freq_size // 2
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        args = (t.float() * self.scale)[:, None] * freqs[None]          # (N, half)
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)      # (N, freq_size)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))                # (N, D)
+
+
+class LabelEmbedder(nn.Module):
+    """Class index -> D; index `num_classes` is the null class (dropout is the caller's job)."""
+
+    def __init__(self, num_classes: int, hidden_size: int):
+        super().__init__()
+        self.num_classes = num_classes
+        self.table = nn.Embedding(num_classes + 1, hidden_size)
+
+    def forward(self, y: torch.Tensor) -> torch.Tensor:
+        return self.table(y)  # (N, D)
+
+
+# ---------------------------------------------------------------- input embedders
+
+class TokenEmbed(nn.Module):
+    """(N, T, C) tokens -> (N, T, D) with fixed 1D sin-cos positions."""
+
+    def __init__(self, tokens: int, channels: int, hidden_size: int):
+        super().__init__()
+        self.proj = nn.Linear(channels, hidden_size)
+        pos = torch.from_numpy(sincos_1d(hidden_size, np.arange(tokens))).float()[None]  # (1, T, D)
+        self.register_buffer("pos", pos, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x) + self.pos  # (N, T, D)
+
+    def unembed(self, x: torch.Tensor) -> torch.Tensor:
+        return x  # (N, T, C): the final layer already outputs C per token
+
+
+class PatchEmbed(nn.Module):
+    """(N, C, H, W) grid -> (N, H*W/p^2, D) patches with fixed 2D sin-cos positions."""
+
+    def __init__(self, channels: int, height: int, width: int, patch: int, hidden_size: int):
+        super().__init__()
+        self.c, self.p, self.h, self.w = channels, patch, height // patch, width // patch
+        self.proj = nn.Conv2d(channels, hidden_size, kernel_size=patch, stride=patch)
+        pos = torch.from_numpy(sincos_2d(hidden_size, self.h, self.w)).float()[None]  # (1, h*w, D)
+        self.register_buffer("pos", pos, persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x).flatten(2).transpose(1, 2) + self.pos  # (N, h*w, D)
+
+    def unembed(self, x: torch.Tensor) -> torch.Tensor:
+        n, p, c = x.shape[0], self.p, self.c
+        x = x.reshape(n, self.h, self.w, p, p, c)                     # (N, h, w, p, p, C)
+        x = torch.einsum("nhwpqc->nchpwq", x)                         # (N, C, h, p, w, q)
+        return x.reshape(n, c, self.h * p, self.w * p)                # (N, C, H, W)
+
+
+# ---------------------------------------------------------------- transformer
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """adaLN: x * (1 + scale) + shift, with (N, D) shift/scale broadcast over tokens."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention through `F.scaled_dot_product_attention`."""
+
+    def __init__(self, dim: int, num_heads: int):
+        super().__init__()
+        if dim % num_heads:
+            raise LatentlabError(f"hidden size {dim} is not divisible by {num_heads} heads")
+        self.h = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, l, d = x.shape
+        q, k, v = self.qkv(x).reshape(n, l, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)  # 3 x (N, H, L, d/H)
+        out = F.scaled_dot_product_attention(q, k, v)                                        # (N, H, L, d/H)
+        return self.proj(out.transpose(1, 2).reshape(n, l, d))                               # (N, L, D)
+
+
+class SiTBlock(nn.Module):
+    """Pre-norm transformer block with adaLN-Zero: shift/scale/gate from the conditioning."""
+
+    def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, num_heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        sh1, sc1, g1, sh2, sc2, g2 = self.adaLN(c).chunk(6, dim=1)       # 6 x (N, D)
+        x = x + g1[:, None] * self.attn(modulate(self.norm1(x), sh1, sc1))  # (N, L, D)
+        return x + g2[:, None] * self.mlp(modulate(self.norm2(x), sh2, sc2))
+
+
+class FinalLayer(nn.Module):
+    """adaLN-modulated LayerNorm and a linear map to the per-token output size."""
+
+    def __init__(self, dim: int, out: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.linear = nn.Linear(dim, out)
+        self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(dim, 2 * dim))
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.adaLN(c).chunk(2, dim=1)          # 2 x (N, D)
+        return self.linear(modulate(self.norm(x), shift, scale))  # (N, L, out)
+
+
+class SiT(nn.Module):
+    """Velocity network v(x_t, t, y) on latents of one fixed sample shape and layout."""
+
+    def __init__(self, cfg: SiTConfig):
+        super().__init__()
+        self.cfg = cfg = replace(cfg, sample_shape=tuple(int(s) for s in cfg.sample_shape))
+        d = cfg.hidden_size
+        if cfg.layout == "tokens":
+            if len(cfg.sample_shape) != 2:
+                raise LatentlabError(f"a 'tokens' SiT needs sample_shape (T, C); got {cfg.sample_shape}")
+            t_, c = cfg.sample_shape
+            self.embed: nn.Module = TokenEmbed(t_, c, d)
+            out = c
+        elif cfg.layout == "grid":
+            if len(cfg.sample_shape) != 3:
+                raise LatentlabError(f"a 'grid' SiT needs sample_shape (C, H, W); got {cfg.sample_shape}")
+            c, h, w = cfg.sample_shape
+            if h % cfg.patch_size or w % cfg.patch_size:
+                raise LatentlabError(f"latent grid {h}x{w} is not divisible by patch_size {cfg.patch_size}; "
+                                     f"choose a patch size that divides both")
+            self.embed = PatchEmbed(c, h, w, cfg.patch_size, d)
+            out = cfg.patch_size ** 2 * c
+        else:
+            raise LatentlabError(f"unknown latent layout {cfg.layout!r}; use one of {LAYOUTS}")
+        self.t_embed = TimestepEmbedder(d, scale=cfg.time_scale)
+        self.y_embed = LabelEmbedder(cfg.num_classes, d)
+        self.blocks = nn.ModuleList([SiTBlock(d, cfg.num_heads, cfg.mlp_ratio) for _ in range(cfg.depth)])
+        self.final = FinalLayer(d, out)
+        self.initialize_weights()
+
+    @property
+    def null_class(self) -> int:
+        """The label index that means "no class" (label dropout, unconditional branch of CFG)."""
+        return self.cfg.num_classes
+
+    def initialize_weights(self) -> None:
+        """Xavier linears, N(0, 0.02) embeddings, and zero adaLN and output layers (adaLN-Zero)."""
+        def _basic(m: nn.Module) -> None:
+            if isinstance(m, nn.Linear):
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
+        self.apply(_basic)
+        if isinstance(self.embed, PatchEmbed):
+            w = self.embed.proj.weight
+            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
+            nn.init.zeros_(self.embed.proj.bias)
+        nn.init.normal_(self.y_embed.table.weight, std=0.02)
+        nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)
+        for blk in self.blocks:
+            nn.init.zeros_(blk.adaLN[-1].weight)
+            nn.init.zeros_(blk.adaLN[-1].bias)
+        for lin in (self.final.adaLN[-1], self.final.linear):
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
+
+    def check_shape(self, sample_shape: tuple[int, ...], layout: str, where: str = "these latents") -> None:
+        """One-line LatentlabError unless `sample_shape`/`layout` are what this model was built for."""
+        if tuple(sample_shape) != self.cfg.sample_shape or layout != self.cfg.layout:
+            raise LatentlabError(
+                f"{where} have shape {tuple(sample_shape)} ({layout}) but the SiT was built for "
+                f"{self.cfg.sample_shape} ({self.cfg.layout}); train a new SiT on them (another --out)")
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x: (N, *sample_shape), t: (N,) in [0, 1], y: (N,) int -> velocity (N, *sample_shape)."""
+        h = self.embed(x)                                  # (N, L, D)
+        c = self.t_embed(t) + self.y_embed(y)              # (N, D)
+        for blk in self.blocks:
+            h = blk(h, c)                                  # (N, L, D)
+        return self.embed.unembed(self.final(h, c))        # (N, *sample_shape)
+
+
+# ---------------------------------------------------------------- presets and registry
+
+def _preset(depth: int, hidden_size: int, num_heads: int, patch_size: int = 2) -> dict:
+    return {"depth": depth, "hidden_size": hidden_size, "num_heads": num_heads, "patch_size": patch_size}
+
+
+SIT_MODELS: dict[str, dict] = {
+    "SiT-tiny": _preset(4, 128, 4),        # CPU preset for the embedded data
+    "SiT-S": _preset(12, 384, 6),
+    "SiT-B": _preset(12, 768, 12),
+    "SiT-L": _preset(24, 1024, 16),
+    "SiT-XL": _preset(28, 1152, 16),
+}
+# SiT-S/2 style names (patch 2 on grids) resolve to the same presets.
+SIT_MODELS.update({f"{k}/{p}": {**v, "patch_size": p} for k, v in list(SIT_MODELS.items())
+                   if k != "SiT-tiny" for p in (1, 2, 4, 8)})
+
+
+def sit_config(name: str, sample_shape: tuple[int, ...], layout: str, num_classes: int, **overrides) -> SiTConfig:
+    """The SiTConfig of preset `name` for latents of `sample_shape`/`layout`, with overrides."""
+    if name not in SIT_MODELS:
+        raise LatentlabError(f"unknown SiT model {name!r}; choose one of {', '.join(SIT_MODELS)}")
+    return SiTConfig(**{**SIT_MODELS[name], "sample_shape": tuple(sample_shape), "layout": layout,
+                        "num_classes": int(num_classes), **overrides})

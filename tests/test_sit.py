@@ -1,0 +1,78 @@
+"""The SiT model: shapes for both layouts, adaLN-Zero init, sin-cos tables, presets."""
+
+import numpy as np
+import pytest
+import torch
+
+from latentlab.errors import LatentlabError
+from latentlab.models.sit import SIT_MODELS, SiT, SiTConfig, sincos_1d, sincos_2d, sit_config
+
+
+def test_token_and_grid_shapes_and_zero_init():
+    torch.manual_seed(0)
+    tok = SiT(SiTConfig(depth=2, hidden_size=32, num_heads=4, sample_shape=(16, 8), num_classes=5))
+    grid = SiT(SiTConfig(depth=2, hidden_size=32, num_heads=4, sample_shape=(4, 8, 6), layout="grid",
+                         patch_size=2, num_classes=5))
+    for m, shape in ((tok, (16, 8)), (grid, (4, 8, 6))):
+        x = torch.randn(3, *shape)
+        v = m(x, torch.rand(3), torch.tensor([0, 4, 5]))
+        assert v.shape == (3, *shape)
+        assert torch.equal(v, torch.zeros_like(v))  # adaLN-Zero + zero output layer
+        for blk in m.blocks:
+            assert not blk.adaLN[-1].weight.any() and not blk.adaLN[-1].bias.any()
+        assert not m.final.linear.weight.any() and not m.final.adaLN[-1].weight.any()
+        # one step of training makes it non-trivial and every parameter gets a gradient through the loss
+        opt = torch.optim.SGD(m.parameters(), lr=0.1)
+        (m(x, torch.rand(3), torch.tensor([0, 1, 2])) - x).pow(2).mean().backward()
+        opt.step()
+        assert m(x, torch.rand(3), torch.tensor([0, 1, 2])).abs().sum() > 0
+
+
+def test_grid_patchify_roundtrip():
+    m = SiT(SiTConfig(depth=1, hidden_size=16, num_heads=2, sample_shape=(3, 4, 6), layout="grid", patch_size=2))
+    x = torch.randn(2, 3, 4, 6)
+    # a conv with identity weights maps each patch to its p*p*C values; unembed must invert it
+    p = 2
+    patches = x.reshape(2, 3, 2, p, 3, p).permute(0, 2, 4, 3, 5, 1).reshape(2, 6, p * p * 3)  # (N, h*w, p*p*C)
+    assert torch.equal(m.embed.unembed(patches), x)
+
+
+def test_sincos_tables_against_formula():
+    pos = np.arange(5)
+    tab = sincos_1d(8, pos)
+    for i in range(4):
+        w = 1.0 / 10000 ** (i / 4)
+        assert np.allclose(tab[:, i], np.sin(pos * w)) and np.allclose(tab[:, 4 + i], np.cos(pos * w))
+    t2 = sincos_2d(8, 3, 4)
+    assert t2.shape == (12, 8)
+    # row half depends only on the row, column half only on the column
+    assert np.allclose(t2[0, :4], t2[3, :4]) and np.allclose(t2[0, 4:], t2[4, 4:])
+    assert len({tuple(r) for r in np.round(t2, 6)}) == 12
+
+
+def test_presets_match_paper_parameter_counts():
+    # DiT/SiT paper (256 px, 32x32x4 latents, patch 2, 1000 classes): S 33M, B 130M, L 458M, XL 675M.
+    # Our velocity-only head outputs 4 channels instead of DiT's 8 (learned sigma): <0.1% fewer.
+    paper = {"SiT-S": 33e6, "SiT-B": 130e6, "SiT-L": 458e6, "SiT-XL": 675e6}
+    for name, ref in paper.items():
+        cfg = sit_config(name, (4, 32, 32), "grid", 1000)
+        with torch.device("meta"):
+            m = SiT(cfg)
+        n = sum(p.numel() for p in m.parameters())
+        assert abs(n - ref) / ref < 0.01, (name, n)
+    assert (SIT_MODELS["SiT-B"]["depth"], SIT_MODELS["SiT-B"]["hidden_size"], SIT_MODELS["SiT-B"]["num_heads"]) == (12, 768, 12)
+    assert SIT_MODELS["SiT-L"]["depth"] == 24 and SIT_MODELS["SiT-XL"]["hidden_size"] == 1152
+
+
+def test_bad_shapes_are_one_line_errors():
+    with pytest.raises(LatentlabError, match="not divisible by patch_size"):
+        SiT(SiTConfig(sample_shape=(4, 7, 8), layout="grid", patch_size=2))
+    with pytest.raises(LatentlabError, match=r"needs sample_shape \(T, C\)"):
+        SiT(SiTConfig(sample_shape=(4, 8, 8), layout="tokens"))
+    with pytest.raises(LatentlabError, match="unknown SiT model"):
+        sit_config("SiT-XXL", (16, 8), "tokens", 10)
+    m = SiT(SiTConfig(depth=1, hidden_size=16, num_heads=2, sample_shape=(16, 8)))
+    m.check_shape((16, 8), "tokens")
+    with pytest.raises(LatentlabError, match=r"built for \(16, 8\)") as e:
+        m.check_shape((32, 4), "tokens", "store X")
+    assert "\n" not in str(e.value)
