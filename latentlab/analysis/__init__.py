@@ -1,0 +1,1 @@
+"""Latent-space analyses (PCA, Gaussian mixtures, ...); import the submodules directly."""
