@@ -31,9 +31,10 @@ def test_token_and_grid_shapes_and_zero_init():
 def test_grid_patchify_roundtrip():
     m = SiT(SiTConfig(depth=1, hidden_size=16, num_heads=2, sample_shape=(3, 4, 6), layout="grid", patch_size=2))
     x = torch.randn(2, 3, 4, 6)
-    # a conv with identity weights maps each patch to its p*p*C values; unembed must invert it
+    # patch (i, j) holds x[:, :, 2i:2i+2, 2j:2j+2] as (p, p, C); unembed must put it back
     p = 2
-    patches = x.reshape(2, 3, 2, p, 3, p).permute(0, 2, 4, 3, 5, 1).reshape(2, 6, p * p * 3)  # (N, h*w, p*p*C)
+    patches = torch.stack([x[:, :, 2 * i:2 * i + p, 2 * j:2 * j + p].permute(0, 2, 3, 1).reshape(2, -1)
+                           for i in range(2) for j in range(3)], 1)  # (N, h*w, p*p*C)
     assert torch.equal(m.embed.unembed(patches), x)
 
 

@@ -4,7 +4,8 @@ In reading order: sin-cos position tables, timestep/label embedders, input embed
 (1D tokens or 2D grids), the adaLN-Zero block, the final layer, the model, size presets
 and the registry `SIT_MODELS` at the bottom (after facebookresearch/DiT and willisma/SiT).
 
-Inputs follow the LatentStore layouts:
+Attention (SDPA), the MLP and patchify come from `latentlab.models.blocks`; the adaLN-Zero
+block that conditions them on (t, y) lives here. Inputs follow the LatentStore layouts:
   - "tokens": one sample is `(T, C)`; a linear embedding C -> D plus 1D sin-cos positions;
   - "grid":   one sample is `(C, H, W)`; p x p patches -> D plus 2D sin-cos positions.
 The model is class-conditional: labels `0..num_classes-1`, and the extra index
@@ -20,9 +21,9 @@ from dataclasses import dataclass, replace
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from latentlab.errors import LatentlabError
+from latentlab.models.blocks import Attention, Mlp, PatchEmbed, unpatchify
 
 LAYOUTS = ("tokens", "grid")
 
@@ -109,24 +110,21 @@ class TokenEmbed(nn.Module):
         return x  # (N, T, C): the final layer already outputs C per token
 
 
-class PatchEmbed(nn.Module):
-    """(N, C, H, W) grid -> (N, H*W/p^2, D) patches with fixed 2D sin-cos positions."""
+class GridEmbed(nn.Module):
+    """(N, C, H, W) grid -> (N, H*W/p^2, D) patch tokens with fixed 2D sin-cos positions."""
 
     def __init__(self, channels: int, height: int, width: int, patch: int, hidden_size: int):
         super().__init__()
-        self.c, self.p, self.h, self.w = channels, patch, height // patch, width // patch
-        self.proj = nn.Conv2d(channels, hidden_size, kernel_size=patch, stride=patch)
-        pos = torch.from_numpy(sincos_2d(hidden_size, self.h, self.w)).float()[None]  # (1, h*w, D)
+        self.c, self.p, self.h, self.w = channels, patch, height, width
+        self.patch = PatchEmbed(channels, hidden_size, patch)
+        pos = torch.from_numpy(sincos_2d(hidden_size, height // patch, width // patch)).float()[None]  # (1, L, D)
         self.register_buffer("pos", pos, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x).flatten(2).transpose(1, 2) + self.pos  # (N, h*w, D)
+        return self.patch(x) + self.pos  # (N, L, D)
 
     def unembed(self, x: torch.Tensor) -> torch.Tensor:
-        n, p, c = x.shape[0], self.p, self.c
-        x = x.reshape(n, self.h, self.w, p, p, c)                     # (N, h, w, p, p, C)
-        x = torch.einsum("nhwpqc->nchpwq", x)                         # (N, C, h, p, w, q)
-        return x.reshape(n, c, self.h * p, self.w * p)                # (N, C, H, W)
+        return unpatchify(x, self.p, self.c, self.h, self.w)  # (N, L, p*p*C) -> (N, C, H, W)
 
 
 # ---------------------------------------------------------------- transformer
@@ -136,34 +134,17 @@ def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch
     return x * (1 + scale[:, None]) + shift[:, None]
 
 
-class Attention(nn.Module):
-    """Multi-head self-attention through `F.scaled_dot_product_attention`."""
-
-    def __init__(self, dim: int, num_heads: int):
-        super().__init__()
-        if dim % num_heads:
-            raise LatentlabError(f"hidden size {dim} is not divisible by {num_heads} heads")
-        self.h = num_heads
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.proj = nn.Linear(dim, dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, l, d = x.shape
-        q, k, v = self.qkv(x).reshape(n, l, 3, self.h, d // self.h).permute(2, 0, 3, 1, 4)  # 3 x (N, H, L, d/H)
-        out = F.scaled_dot_product_attention(q, k, v)                                        # (N, H, L, d/H)
-        return self.proj(out.transpose(1, 2).reshape(n, l, d))                               # (N, L, D)
-
-
 class SiTBlock(nn.Module):
     """Pre-norm transformer block with adaLN-Zero: shift/scale/gate from the conditioning."""
 
     def __init__(self, dim: int, num_heads: int, mlp_ratio: float = 4.0):
         super().__init__()
+        if dim % num_heads:
+            raise LatentlabError(f"hidden size {dim} is not divisible by {num_heads} heads")
         self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
         self.attn = Attention(dim, num_heads)
         self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
-        hidden = int(dim * mlp_ratio)
-        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+        self.mlp = Mlp(dim, mlp_ratio)
         self.adaLN = nn.Sequential(nn.SiLU(), nn.Linear(dim, 6 * dim))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
@@ -206,7 +187,7 @@ class SiT(nn.Module):
             if h % cfg.patch_size or w % cfg.patch_size:
                 raise LatentlabError(f"latent grid {h}x{w} is not divisible by patch_size {cfg.patch_size}; "
                                      f"choose a patch size that divides both")
-            self.embed = PatchEmbed(c, h, w, cfg.patch_size, d)
+            self.embed = GridEmbed(c, h, w, cfg.patch_size, d)
             out = cfg.patch_size ** 2 * c
         else:
             raise LatentlabError(f"unknown latent layout {cfg.layout!r}; use one of {LAYOUTS}")
@@ -228,10 +209,6 @@ class SiT(nn.Module):
                 nn.init.xavier_uniform_(m.weight)
                 nn.init.zeros_(m.bias)
         self.apply(_basic)
-        if isinstance(self.embed, PatchEmbed):
-            w = self.embed.proj.weight
-            nn.init.xavier_uniform_(w.view(w.shape[0], -1))
-            nn.init.zeros_(self.embed.proj.bias)
         nn.init.normal_(self.y_embed.table.weight, std=0.02)
         nn.init.normal_(self.t_embed.mlp[0].weight, std=0.02)
         nn.init.normal_(self.t_embed.mlp[2].weight, std=0.02)

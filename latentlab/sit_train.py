@@ -1,0 +1,327 @@
+"""Training SiT on a tokenizer's latents with the shared loop, and its held-out "SiT loss".
+
+`train_sit(tokenizer, out, cfg)` resolves the latents, normalises them with the train
+store's statistics, and drives `latentlab.train.train` with a `SiTTask`:
+
+- the loss is the velocity-matching loss of `latentlab.transport` (t = 1 is data), with
+  label dropout to the null class for classifier-free guidance;
+- every `eval_every` steps the EMA model is scored on a FIXED held-out set (`HeldOut`).
+
+What "the same held-out set for every tokenizer of a dataset" means here:
+  * the same images: `HELDOUT_SIZE` indices chosen by a seed that depends only on
+    (heldout_seed, dataset name, n) among the rows of the test split (stores of one dataset
+    list the images in the dataset's order), or, for a store set without a test split, among
+    the train rows, which are then excluded from training;
+  * the same times: t_k = (k + 0.5) / n_t, k = 0..n_t-1 (8 by default), every image at every t;
+  * the same noise seed: the noise for t_k is drawn from a generator seeded by
+    (heldout_seed, dataset name, n, k). Its shape follows each tokenizer's latent shape, so two
+    tokenizers with the same shape get bit-identical noise; otherwise the same seed stream.
+The held-out loss is measured on normalised latents (the space SiT is trained in), with the
+true labels (no dropout, no guidance), as the per-sample mean over all latent dimensions.
+"""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latentlab.config import from_dict, merge
+from latentlab.errors import LatentlabError
+from latentlab.io import load_json, obj_hash
+from latentlab.latents import LatentStore
+from latentlab.models.sit import SiT, sit_config
+from latentlab.train import TrainConfig, TrainTask, index_batch, train, unwrap
+from latentlab.transport import TimeSampling, drop_labels, flow_loss, parse_enum, per_sample_mse, sample_t
+from latentlab.transport import interpolate, target_velocity
+
+NORMALIZATIONS = ("channel", "global", "none")
+
+# Optimisation defaults of SiT (the SiT paper: AdamW lr 1e-4, no weight decay, constant lr, EMA 0.9999).
+SIT_TRAIN_DEFAULTS: dict = {"lr": 1e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0,
+                            "schedule": "constant", "grad_clip": 0.0, "ema_decay": 0.9999,
+                            "batch_size": 64, "eval_every": 250, "log_every": 50}
+# Per-preset changes to those defaults. The tiny CPU preset trains a few thousand steps, where an
+# EMA of 0.9999 would still sit near its initialisation, so it averages over ~1000 steps instead.
+SIT_PRESET_TRAIN: dict[str, dict] = {"SiT-tiny": {"ema_decay": 0.999, "lr": 3e-4, "warmup_steps": 50}}
+
+
+@dataclass
+class SiTTrainConfig:
+    """Everything `train-sit` needs besides the latents; defaults live here only."""
+
+    model: str = "SiT-tiny"
+    model_overrides: dict = field(default_factory=dict)   # e.g. {"depth": 2}
+    normalization: str = "channel"                        # channel | global | none
+    time_sampling: str = "uniform"                        # uniform | logit-normal
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    label_dropout: float = 0.1
+    heldout_size: int = 256
+    heldout_t: int = 8
+    heldout_seed: int = 0
+    eval_batch_size: int = 256
+    train: dict = field(default_factory=dict)             # overrides of TrainConfig fields
+
+    def __post_init__(self):
+        if self.normalization not in NORMALIZATIONS:
+            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
+        parse_enum(TimeSampling, self.time_sampling, "time sampling")
+        if not 0.0 <= self.label_dropout < 1.0:
+            raise ValueError("label_dropout must lie in [0, 1)")
+        if self.heldout_size < 1 or self.heldout_t < 1:
+            raise ValueError("heldout_size and heldout_t must be >= 1")
+
+    def train_config(self) -> TrainConfig:
+        """The shared loop's TrainConfig: SiT defaults, then the preset's, then `train` overrides."""
+        base = from_dict(TrainConfig, {**SIT_TRAIN_DEFAULTS, **SIT_PRESET_TRAIN.get(self.model, {})}, "SiT training")
+        return merge(base, self.train, "train-sit config 'train'")
+
+
+# ---------------------------------------------------------------- normalisation
+
+def normalization_params(store: LatentStore, mode: str) -> dict:
+    """{"mode", "mean", "std", "layout"} from the store's manifest stats; std 0 becomes 1."""
+    if mode == "none":
+        return {"mode": "none", "mean": 0.0, "std": 1.0, "layout": store.layout}
+    st = store.stats
+    if not st:
+        raise LatentlabError(f"store {store.path} has no normalisation stats; recreate it, or use normalization: none")
+    if mode == "global":
+        mean, std = float(st["global_mean"]), float(st["global_std"])
+        return {"mode": mode, "mean": mean, "std": std if std > 0 else 1.0, "layout": store.layout}
+    std = [s if s > 0 else 1.0 for s in st["channel_std"]]
+    return {"mode": mode, "mean": list(st["channel_mean"]), "std": std, "layout": store.layout}
+
+
+def _stat_view(v, norm: dict, x: torch.Tensor) -> torch.Tensor:
+    t = torch.as_tensor(v, dtype=x.dtype, device=x.device)
+    if t.dim() == 0:
+        return t
+    return t.reshape(-1, 1, 1) if norm["layout"] == "grid" else t  # channel axis: (C,1,1) or last
+
+
+def normalize(x: torch.Tensor, norm: dict) -> torch.Tensor:
+    """(N, *sample_shape) raw latents -> (x - mean) / std on the channel axis (or globally)."""
+    return (x - _stat_view(norm["mean"], norm, x)) / _stat_view(norm["std"], norm, x)
+
+
+def denormalize(x: torch.Tensor, norm: dict) -> torch.Tensor:
+    """The inverse of `normalize` (applied before decoding)."""
+    return x * _stat_view(norm["std"], norm, x) + _stat_view(norm["mean"], norm, x)
+
+
+# ---------------------------------------------------------------- held-out set
+
+def _seed(*parts) -> int:
+    return int(np.random.SeedSequence([zlib.crc32(str(p).encode()) for p in parts]).generate_state(1)[0])
+
+
+@dataclass
+class HeldOut:
+    """A fixed set of (latent, label) rows with a t grid and seeded noise; see the module docstring."""
+
+    store: LatentStore
+    indices: np.ndarray        # (n,) rows of `store`
+    t_grid: np.ndarray         # (n_t,)
+    dataset_key: str
+    seed: int
+    source: str                # "test" or "train-holdout"
+
+    @property
+    def n(self) -> int:
+        return len(self.indices)
+
+    def noise(self, k: int) -> torch.Tensor:
+        """(n, *sample_shape) noise for t_grid[k], from a seed independent of the tokenizer."""
+        g = torch.Generator().manual_seed(_seed("sit-heldout-noise", self.seed, self.dataset_key, self.n, k))
+        return torch.randn((self.n, *self.store.sample_shape), generator=g)
+
+    def describe(self) -> dict:
+        """What identifies the set (goes into config.json)."""
+        return {"source": self.source, "dataset": self.dataset_key, "n": self.n, "seed": self.seed,
+                "t_grid": self.t_grid.tolist(), "indices_hash": obj_hash(self.indices.tolist())}
+
+
+def heldout_indices(n_rows: int, n: int, dataset_key: str, seed: int = 0) -> np.ndarray:
+    """n sorted rows of range(n_rows), chosen by a seed of (seed, dataset_key, n) only."""
+    n = min(n, n_rows)
+    rng = np.random.default_rng(_seed("sit-heldout-rows", seed, dataset_key, n))
+    return np.sort(rng.permutation(n_rows)[:n])
+
+
+def make_heldout(train: LatentStore, test: LatentStore | None, size: int = 256, n_t: int = 8,
+                 seed: int = 0) -> HeldOut:
+    """The held-out set from the test store when present, else a fixed subset of train."""
+    source_store, source = (test, "test") if test is not None else (train, "train-holdout")
+    if source == "train-holdout" and len(train) < 2:
+        raise LatentlabError(f"store {train.path} has {len(train)} latent(s); SiT needs at least 2 to hold one out")
+    if source == "train-holdout":
+        size = min(size, max(1, len(train) // 5))  # never hold out more than a fifth of train
+    key = source_store.dataset or f"unnamed-{len(source_store)}"
+    idx = heldout_indices(len(source_store), size, key, seed)
+    t_grid = (np.arange(n_t) + 0.5) / n_t
+    return HeldOut(source_store, idx, t_grid, key, seed, source)
+
+
+@torch.no_grad()
+def heldout_loss(model: torch.nn.Module, heldout: HeldOut, norm: dict, batch_size: int = 256,
+                 device: torch.device | str = "cpu") -> dict:
+    """{"heldout_loss": mean over t, "heldout_loss@t=0.0625": ..., ...} of `model` on the held-out set."""
+    model.eval()
+    x_all = torch.from_numpy(heldout.store.take(heldout.indices))                # (n, *shape)
+    y_all = torch.from_numpy(heldout.store.labels[heldout.indices]).clamp(min=-1)  # (n,)
+    null = unwrap(model).null_class
+    y_all = torch.where(y_all < 0, torch.full_like(y_all, null), y_all)
+    x_all = normalize(x_all, norm)
+    out = {}
+    for k, tv in enumerate(heldout.t_grid):
+        eps_all = heldout.noise(k)                                                # (n, *shape)
+        total = 0.0
+        for i in range(0, heldout.n, batch_size):
+            x, eps = x_all[i:i + batch_size].to(device), eps_all[i:i + batch_size].to(device)
+            y = y_all[i:i + batch_size].to(device)
+            t = torch.full((x.shape[0],), float(tv), device=device)
+            total += float(flow_loss(lambda xt, tt: model(xt, tt, y), x, eps, t).sum())
+        out[f"heldout_loss@t={tv:.4f}"] = total / heldout.n
+    out = {"heldout_loss": float(np.mean(list(out.values()))), **out}
+    return out
+
+
+# ---------------------------------------------------------------- the task
+
+class SiTTask(TrainTask):
+    """Velocity matching on normalised latents; held-out loss of the EMA model as `evaluate`."""
+
+    def __init__(self, model: SiT, train_store: LatentStore, train_rows: np.ndarray, norm: dict,
+                 heldout: HeldOut, cfg: SiTTrainConfig, tcfg: TrainConfig, provenance: dict):
+        self.model, self.store, self.rows, self.norm = model, train_store, train_rows, norm
+        self.heldout, self.cfg, self.tcfg, self.provenance = heldout, cfg, tcfg, provenance
+        self.time_sampling = parse_enum(TimeSampling, cfg.time_sampling, "time sampling")
+        self._labels = train_store.labels
+        self._sum, self._count = 0.0, 0
+
+    def batch(self, step: int, rank: int, world_size: int, per_rank: int):
+        """Normalised latents and labels of this rank's batch at `step` (unlabelled -> null class)."""
+        idx = self.rows[index_batch(len(self.rows), per_rank, step, self.tcfg.seed, rank, world_size)]
+        x = normalize(torch.from_numpy(self.store.take(idx)), self.norm)            # (B, *shape)
+        y = torch.from_numpy(self._labels[idx])                                     # (B,)
+        return x, torch.where(y < 0, torch.full_like(y, self.model.null_class), y)
+
+    def loss(self, model, batch, step, generator):
+        """Mean velocity loss; `loss_avg` is its running mean since the last log line."""
+        x, y = batch
+        n = x.shape[0]
+        t = sample_t(n, self.time_sampling, generator, self.cfg.logit_mean, self.cfg.logit_std, x.device)  # (B,)
+        eps = torch.randn(x.shape, generator=generator, device=x.device)                              # (B, *shape)
+        y = drop_labels(y, self.cfg.label_dropout, self.model.null_class, generator)
+        v = model(interpolate(x, eps, t), t, y)                                                       # (B, *shape)
+        loss = per_sample_mse(v, target_velocity(x, eps)).mean()
+        if step % self.tcfg.log_every == 0:
+            self._sum, self._count = 0.0, 0
+        self._sum += float(loss.detach())
+        self._count += 1
+        return {"loss": loss, "loss_avg": torch.tensor(self._sum / self._count, device=x.device)}
+
+    def evaluate(self, ema_model, step):
+        """Held-out loss (mean and per t) of the EMA model."""
+        dev = next(ema_model.parameters()).device
+        return heldout_loss(ema_model, self.heldout, self.norm, self.cfg.eval_batch_size, dev)
+
+    def run_config(self) -> dict:
+        """Model, normalisation, held-out set and latent provenance: all `sample` needs."""
+        sit = {k: v for k, v in asdict(self.cfg).items() if k != "train"}
+        return {"kind": "sit", "model": asdict(self.model.cfg), "sit": sit, "normalization": self.norm,
+                "heldout": self.heldout.describe(), "latents": self.provenance}
+
+
+# ---------------------------------------------------------------- the entry point
+
+def _provenance(tl, train: LatentStore, test: LatentStore | None) -> dict:
+    """Where the latents came from; `tokenizer_run` lets `sample` decode through the tokenizer."""
+    src = Path(tl.source)
+    is_run = (src / "config.json").is_file() and (src / "model.safetensors").is_file()
+    run = str(src.resolve()) if is_run else train.manifest.get("meta", {}).get("tokenizer_run")
+    return {"name": tl.name, "source": str(src.resolve()), "train_store": str(train.path.resolve()),
+            "test_store": str(test.path.resolve()) if test is not None else None,
+            "dataset": train.dataset, "tokenizer": train.manifest.get("tokenizer"),
+            "checkpoint_hash": train.manifest.get("checkpoint_hash"), "tokenizer_run": run,
+            "sample_shape": list(train.sample_shape), "layout": train.layout}
+
+
+def _check_resume_shape(out: Path, train: LatentStore) -> None:
+    old = load_json(out / "config.json", "SiT run config").get("model", {})
+    shape, layout = tuple(old.get("sample_shape", ())), old.get("layout", "tokens")
+    if shape and (shape != train.sample_shape or layout != train.layout):
+        raise LatentlabError(f"latents in {train.path} have shape {train.sample_shape} ({train.layout}) but the SiT in "
+                             f"{out} was built for {shape} ({layout}); train a new SiT on them (another --out)")
+
+
+def build_sit_task(tokenizer, cfg: SiTTrainConfig, dataset: str | None = None) -> tuple[SiTTask, TrainConfig]:
+    """Resolve the latents and build the model, normalisation, held-out set and task."""
+    from latentlab.workspace import TokenizerLatents, resolve_tokenizer
+
+    tl = tokenizer if isinstance(tokenizer, TokenizerLatents) else resolve_tokenizer(str(tokenizer), dataset)
+    train_store, test_store = tl.train, tl.test
+    tcfg = cfg.train_config()
+    heldout = make_heldout(train_store, test_store, cfg.heldout_size, cfg.heldout_t, cfg.heldout_seed)
+    rows = np.arange(len(train_store))
+    if heldout.source == "train-holdout":
+        rows = np.setdiff1d(rows, heldout.indices)
+    num_classes = int(train_store.manifest.get("num_classes", 0))
+    torch.manual_seed(tcfg.seed)  # the initial weights depend on the seed only
+    model = SiT(sit_config(cfg.model, train_store.sample_shape, train_store.layout, num_classes,
+                           **cfg.model_overrides))
+    model.check_shape(train_store.sample_shape, train_store.layout, f"latents in {train_store.path}")
+    if test_store is not None:
+        model.check_shape(test_store.sample_shape, test_store.layout, f"latents in {test_store.path}")
+    norm = normalization_params(train_store, cfg.normalization)
+    task = SiTTask(model, train_store, rows, norm, heldout, cfg, tcfg, _provenance(tl, train_store, test_store))
+    return task, tcfg
+
+
+def train_sit(tokenizer, out: str | Path, cfg: SiTTrainConfig | None = None, resume: bool = False,
+              dataset: str | None = None) -> dict:
+    """Train SiT on a tokenizer's latents into run directory `out`; returns a summary with the held-out loss."""
+    from latentlab.plots.sit import plot_heldout
+
+    cfg = cfg or SiTTrainConfig()
+    out = Path(out)
+    task, tcfg = build_sit_task(tokenizer, cfg, dataset)
+    if resume and (out / "config.json").is_file():
+        _check_resume_shape(out, task.store)
+    summary = train(task, tcfg, out, resume=resume)
+    table = heldout_table(out)
+    files = {}
+    if table is not None:
+        from latentlab.io import save_csv
+
+        files["csv"] = str(save_csv(table, out / "heldout_loss.csv"))
+        files["png"] = str(plot_heldout({task.provenance["name"]: table}, out / "heldout_loss"))
+    final = summary.get("eval", {})
+    return {**summary, "model": cfg.model, "latents": task.provenance["name"],
+            "sample_shape": list(task.store.sample_shape), "heldout": task.heldout.describe(),
+            "heldout_loss": final.get("heldout_loss"), "files": files}
+
+
+def heldout_table(run: str | Path):
+    """DataFrame (step, t, loss) of the held-out evaluations in RUN/metrics.jsonl; t = "mean" for the mean."""
+    import json
+
+    import pandas as pd
+
+    path = Path(run) / "metrics.jsonl"
+    rows = []
+    if not path.is_file():
+        return None
+    for line in path.read_text().splitlines():
+        rec = json.loads(line)
+        for k, v in rec.get("eval", {}).items():
+            if k == "heldout_loss":
+                rows.append({"step": rec["step"], "t": "mean", "loss": v})
+            elif k.startswith("heldout_loss@t="):
+                rows.append({"step": rec["step"], "t": k.split("=", 1)[1], "loss": v})
+    return pd.DataFrame(rows, columns=["step", "t", "loss"]) if rows else None
