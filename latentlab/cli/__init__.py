@@ -54,3 +54,4 @@ def main() -> None:
 
 # Commands register themselves on `cli` when their module is imported.
 from latentlab.cli import data as _data  # noqa: E402,F401
+from latentlab.cli import sit as _sit  # noqa: E402,F401
