@@ -18,6 +18,7 @@ import torch
 from latentlab.errors import LatentlabError
 
 EPS64 = torch.finfo(torch.float64).eps
+EXP_FLOOR = -80.0  # responsibilities below exp(-80) ~ 2e-35 are raised to it (negligible; avoids slow denormals)
 
 
 class GMMError(LatentlabError, ValueError):
@@ -43,49 +44,71 @@ class Stats:
         self.sxx = sxx.view(k, d, d) if full else sxx.view(k, d)  # (K, D, D) or (K, D)
 
 
-def log_normaliser(weights: torch.Tensor, prec_chol: torch.Tensor, full: bool) -> torch.Tensor:
-    """log w_k + log det U_k - D/2 log(2 pi), float64 (K,)."""
+def log_normaliser(weights: torch.Tensor, prec_chol: torch.Tensor, full: bool) -> tuple[torch.Tensor, float]:
+    """log w_k + log det U_k - D/2 log(2 pi) split as (float32 (K,) relative part, float64 offset).
+
+    The offset (the largest value) is added back in float64, so float32 only carries differences.
+    """
     d = prec_chol.shape[-1]
     diag = torch.diagonal(prec_chol, dim1=-2, dim2=-1) if full else prec_chol  # (K, D)
-    return torch.log(weights) + torch.log(diag).sum(-1) - 0.5 * d * math.log(2 * math.pi)
+    ln = torch.log(weights) + torch.log(diag).sum(-1) - 0.5 * d * math.log(2 * math.pi)  # (K,)
+    offset = float(ln.max())
+    return (ln - offset).float(), offset
 
 
-def weighted_log_prob(xc: torch.Tensor, prec32: torch.Tensor, lognorm: torch.Tensor, full: bool) -> torch.Tensor:
-    """log w_k + log N(x | k) for centred xc (K, b, D); returns float64 (K, b)."""
-    y = torch.bmm(xc, prec32) if full else xc * prec32[:, None, :]  # (K, b, D)
-    maha = y.square_().sum(-1)  # (K, b)
-    return lognorm[:, None] - 0.5 * maha.double()
+class Workspace:
+    """Preallocated (K, b, D) float32 buffers reused by every chunk (no page faults per chunk)."""
+
+    def __init__(self, k: int, b: int, d: int, device: torch.device):
+        self.xc = torch.empty(k, b, d, dtype=torch.float32, device=device)
+        self.y = torch.empty(k, b, d, dtype=torch.float32, device=device)
+
+
+def weighted_log_prob(x: torch.Tensor, means32: torch.Tensor, prec32: torch.Tensor, lognorm32: torch.Tensor,
+                      full: bool, ws: Workspace) -> tuple[torch.Tensor, torch.Tensor]:
+    """(centred data xc (K, b, D), log w_k + log N(x | k) as float32 (K, b)) for a chunk x (b, D)."""
+    b = x.shape[0]
+    xc = torch.sub(x[None], means32[:, None], out=ws.xc[:, :b])  # (K, b, D)
+    if full:
+        y = torch.bmm(xc, prec32, out=ws.y[:, :b])  # (K, b, D)
+    else:
+        y = torch.mul(xc, prec32[:, None, :], out=ws.y[:, :b])  # (K, b, D)
+    maha = torch.linalg.vector_norm(y, dim=-1).square_()  # (K, b)
+    return xc, lognorm32[:, None] - 0.5 * maha
 
 
 def accumulate(st: Stats, xc: torch.Tensor, r: torch.Tensor, full: bool) -> None:
-    """Add responsibilities r (K, b) float32 and centred data xc (K, b, D) to the statistics."""
+    """Add responsibilities r (K, b) float32 and centred data xc (K, b, D) to the statistics; xc is overwritten."""
     st.nk += r.sum(1, dtype=torch.float64)
-    st.sx += torch.bmm(r[:, None, :], xc)[:, 0].double()  # (K, D)
     if full:
-        st.sxx += torch.bmm(xc.transpose(1, 2) * r[:, None, :], xc).double()  # (K, D, D)
+        sr = r.sqrt()  # (K, b)
+        xr = xc.mul_(sr[:, :, None])  # (K, b, D) sqrt(r) * xc, in place
+        st.sx += torch.bmm(sr[:, None, :], xr)[:, 0].double()  # (K, D)
+        st.sxx += torch.bmm(xr.transpose(1, 2), xr).double()  # (K, D, D)
     else:
-        st.sxx += torch.bmm(r[:, None, :], xc * xc)[:, 0].double()  # (K, D)
+        st.sx += torch.bmm(r[:, None, :], xc)[:, 0].double()  # (K, D)
+        st.sxx += torch.bmm(r[:, None, :], xc.square_())[:, 0].double()  # (K, D)
 
 
 @torch.no_grad()
 def em_chunk(st: Stats, x: torch.Tensor, means32: torch.Tensor, prec32: torch.Tensor,
-             lognorm: torch.Tensor, full: bool) -> None:
-    """E-step on one chunk x (b, D) and accumulation of its M-step statistics."""
-    xc = x[None] - means32[:, None]  # (K, b, D)
-    wlp = weighted_log_prob(xc, prec32, lognorm, full)  # (K, b)
-    lpn = torch.logsumexp(wlp, 0)  # (b,)
-    st.ll += lpn.sum()
-    accumulate(st, xc, torch.exp(wlp - lpn).float(), full)
+             lognorm32: torch.Tensor, offset: float, full: bool, ws: Workspace) -> None:
+    """E-step on one chunk x (b, D) and accumulation of its M-step statistics (lognorm = lognorm32 + offset)."""
+    xc, wlp = weighted_log_prob(x, means32, prec32, lognorm32, full, ws)  # (K, b, D), (K, b)
+    top = wlp.amax(0)  # (b,)
+    e = torch.exp(wlp.sub_(top).clamp_min_(EXP_FLOOR))  # (K, b); the floor keeps exp out of denormals
+    tot = e.sum(0)  # (b,)
+    st.ll += (top + torch.log(tot)).sum(dtype=torch.float64) + offset * x.shape[0]
+    accumulate(st, xc, e.div_(tot), full)
 
 
 @torch.no_grad()
-def chunk_log_resp(x: torch.Tensor, means32: torch.Tensor, prec32: torch.Tensor, lognorm: torch.Tensor,
-                   full: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(log p(x) (b,), log responsibilities (b, K)) in float64 for one chunk."""
-    xc = x[None] - means32[:, None]  # (K, b, D)
-    wlp = weighted_log_prob(xc, prec32, lognorm, full)  # (K, b)
+def chunk_log_resp(x: torch.Tensor, means32: torch.Tensor, prec32: torch.Tensor, lognorm32: torch.Tensor,
+                   offset: float, full: bool, ws: Workspace) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log p(x) (b,), log responsibilities (b, K)) for one chunk, float64."""
+    wlp = weighted_log_prob(x, means32, prec32, lognorm32, full, ws)[1].double()  # (K, b)
     lpn = torch.logsumexp(wlp, 0)  # (b,)
-    return lpn, (wlp - lpn).T
+    return lpn + offset, (wlp - lpn).T
 
 
 def moments(st: Stats, centres: torch.Tensor, full: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

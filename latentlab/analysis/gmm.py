@@ -255,11 +255,12 @@ class GaussianMixture:
     @torch.no_grad()
     def _em_step(self, src: Source, p: _Params, bs: int, reg: float, full: bool) -> tuple[_Params, float, float]:
         """One streamed E-step + M-step; returns (new params, mean log-likelihood under the old ones, reg)."""
-        lognorm = M.log_normaliser(p.weights, p.prec_chol, full)  # (K,)
+        lognorm32, offset = M.log_normaliser(p.weights, p.prec_chol, full)  # (K,), float
         means32, prec32 = p.means.float(), p.prec_chol.float()
         st = M.Stats(self.n_components, src.dim, full, src.device)
+        ws = M.Workspace(self.n_components, bs, src.dim, src.device)
         for x in src.chunks(bs):
-            M.em_chunk(st, x, means32, prec32, lognorm, full)
+            M.em_chunk(st, x, means32, prec32, lognorm32, offset, full, ws)
         all_reduce_(st.buf)
         lb = float(st.ll) / src.n
         nk, means, cov0 = M.moments(st, means32.double(), full)
@@ -290,11 +291,13 @@ class GaussianMixture:
         """(log p(x) (n,), log responsibilities (n, K)) as numpy float64 for the rows streamed."""
         self._check_fitted()
         p = self._params_from_attributes(src)
-        lognorm = M.log_normaliser(p.weights, p.prec_chol, self._full)
+        lognorm32, offset = M.log_normaliser(p.weights, p.prec_chol, self._full)
         means32, prec32 = p.means.float(), p.prec_chol.float()
+        bs = self._batch(src)
+        ws = M.Workspace(self.n_components, bs, src.dim, src.device)
         lpn, lr = [], []
-        for x in src.chunks(self._batch(src), shard=shard):
-            a, b = M.chunk_log_resp(x, means32, prec32, lognorm, self._full)
+        for x in src.chunks(bs, shard=shard):
+            a, b = M.chunk_log_resp(x, means32, prec32, lognorm32, offset, self._full, ws)
             lpn.append(a.cpu())
             lr.append(b.cpu())
         return torch.cat(lpn).numpy(), torch.cat(lr).numpy()
