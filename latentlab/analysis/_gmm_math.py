@@ -45,36 +45,36 @@ class Stats:
 
 
 def log_normaliser(weights: torch.Tensor, prec_chol: torch.Tensor, full: bool) -> tuple[torch.Tensor, float]:
-    """log w_k + log det U_k - D/2 log(2 pi) split as (float32 (K,) relative part, float64 offset).
+    """log w_k + log det U_k - D/2 log(2 pi) split as (relative part (K,), offset).
 
-    The offset (the largest value) is added back in float64, so float32 only carries differences.
+    The offset (the largest value) is added back in float64, so float32 products only carry differences.
     """
     d = prec_chol.shape[-1]
     diag = torch.diagonal(prec_chol, dim1=-2, dim2=-1) if full else prec_chol  # (K, D)
     ln = torch.log(weights) + torch.log(diag).sum(-1) - 0.5 * d * math.log(2 * math.pi)  # (K,)
     offset = float(ln.max())
-    return (ln - offset).float(), offset
+    return ln - offset, offset
 
 
 class Workspace:
-    """Preallocated (K, b, D) float32 buffers reused by every chunk (no page faults per chunk)."""
+    """Preallocated (K, b, D) buffers reused by every chunk (no page faults per chunk)."""
 
-    def __init__(self, k: int, b: int, d: int, device: torch.device):
-        self.xc = torch.empty(k, b, d, dtype=torch.float32, device=device)
-        self.y = torch.empty(k, b, d, dtype=torch.float32, device=device)
+    def __init__(self, k: int, b: int, d: int, device: torch.device, dtype: torch.dtype = torch.float32):
+        self.xc = torch.empty(k, b, d, dtype=dtype, device=device)
+        self.y = torch.empty(k, b, d, dtype=dtype, device=device)
 
 
-def weighted_log_prob(x: torch.Tensor, means32: torch.Tensor, prec32: torch.Tensor, lognorm32: torch.Tensor,
+def weighted_log_prob(x: torch.Tensor, means_c: torch.Tensor, prec_c: torch.Tensor, lognorm_c: torch.Tensor,
                       full: bool, ws: Workspace) -> tuple[torch.Tensor, torch.Tensor]:
     """(centred data xc (K, b, D), log w_k + log N(x | k) as float32 (K, b)) for a chunk x (b, D)."""
     b = x.shape[0]
-    xc = torch.sub(x[None], means32[:, None], out=ws.xc[:, :b])  # (K, b, D)
+    xc = torch.sub(x[None], means_c[:, None], out=ws.xc[:, :b])  # (K, b, D)
     if full:
-        y = torch.bmm(xc, prec32, out=ws.y[:, :b])  # (K, b, D)
+        y = torch.bmm(xc, prec_c, out=ws.y[:, :b])  # (K, b, D)
     else:
-        y = torch.mul(xc, prec32[:, None, :], out=ws.y[:, :b])  # (K, b, D)
+        y = torch.mul(xc, prec_c[:, None, :], out=ws.y[:, :b])  # (K, b, D)
     maha = torch.linalg.vector_norm(y, dim=-1).square_()  # (K, b)
-    return xc, lognorm32[:, None] - 0.5 * maha
+    return xc, lognorm_c[:, None] - 0.5 * maha
 
 
 def accumulate(st: Stats, xc: torch.Tensor, r: torch.Tensor, full: bool) -> None:
@@ -91,10 +91,10 @@ def accumulate(st: Stats, xc: torch.Tensor, r: torch.Tensor, full: bool) -> None
 
 
 @torch.no_grad()
-def em_chunk(st: Stats, x: torch.Tensor, means32: torch.Tensor, prec32: torch.Tensor,
-             lognorm32: torch.Tensor, offset: float, full: bool, ws: Workspace) -> None:
-    """E-step on one chunk x (b, D) and accumulation of its M-step statistics (lognorm = lognorm32 + offset)."""
-    xc, wlp = weighted_log_prob(x, means32, prec32, lognorm32, full, ws)  # (K, b, D), (K, b)
+def em_chunk(st: Stats, x: torch.Tensor, means_c: torch.Tensor, prec_c: torch.Tensor,
+             lognorm_c: torch.Tensor, offset: float, full: bool, ws: Workspace) -> None:
+    """E-step on one chunk x (b, D) and accumulation of its M-step statistics (lognorm = lognorm_c + offset)."""
+    xc, wlp = weighted_log_prob(x, means_c, prec_c, lognorm_c, full, ws)  # (K, b, D), (K, b)
     top = wlp.amax(0)  # (b,)
     e = torch.exp(wlp.sub_(top).clamp_min_(EXP_FLOOR))  # (K, b); the floor keeps exp out of denormals
     tot = e.sum(0)  # (b,)
@@ -103,10 +103,10 @@ def em_chunk(st: Stats, x: torch.Tensor, means32: torch.Tensor, prec32: torch.Te
 
 
 @torch.no_grad()
-def chunk_log_resp(x: torch.Tensor, means32: torch.Tensor, prec32: torch.Tensor, lognorm32: torch.Tensor,
+def chunk_log_resp(x: torch.Tensor, means_c: torch.Tensor, prec_c: torch.Tensor, lognorm_c: torch.Tensor,
                    offset: float, full: bool, ws: Workspace) -> tuple[torch.Tensor, torch.Tensor]:
     """(log p(x) (b,), log responsibilities (b, K)) for one chunk, float64."""
-    wlp = weighted_log_prob(x, means32, prec32, lognorm32, full, ws)[1].double()  # (K, b)
+    wlp = weighted_log_prob(x, means_c, prec_c, lognorm_c, full, ws)[1].double()  # (K, b)
     lpn = torch.logsumexp(wlp, 0)  # (b,)
     return lpn + offset, (wlp - lpn).T
 

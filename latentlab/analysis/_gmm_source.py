@@ -80,8 +80,9 @@ class Source:
         per = -(-self.n // world_size())
         return min(self.n, rank() * per), min(self.n, (rank() + 1) * per)
 
-    def chunks(self, batch_size: int, shard: bool = True) -> Iterator[torch.Tensor]:
-        """Shifted float32 chunks (b, dim) on the device; this rank's part when `shard`."""
+    def chunks(self, batch_size: int, shard: bool = True, dtype: torch.dtype = torch.float32
+               ) -> Iterator[torch.Tensor]:
+        """Shifted chunks (b, dim) of `dtype` on the device; this rank's part when `shard`."""
         if self.store is not None:
             rk, ws = (rank(), world_size()) if shard else (0, 1)
             raws = (b for b, _ in self.store.batches(batch_size, flatten=True, dtype=np.float32,
@@ -92,8 +93,8 @@ class Source:
         for raw in raws:
             x = raw if isinstance(raw, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(raw))
             x = x.to(self.device, non_blocking=True)
-            if x.dtype == torch.float64:
-                yield (x - self.shift).float()  # (b, D)
+            if x.dtype == torch.float64 or dtype == torch.float64:
+                yield (x.double() - self.shift).to(dtype)  # (b, D)
             else:
                 yield x.float() - self.shift32  # (b, D)
 

@@ -35,6 +35,7 @@ __all__ = ["GaussianMixture", "GMMError", "ConvergenceWarning", "RegularisationW
 
 COVARIANCE_TYPES = ("full", "diag")
 INIT_PARAMS = ("kmeans", "k-means++", "random_from_data")
+COMPUTE_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 CHUNK_ELEMENTS = {"cpu": 1 << 21, "cuda": 1 << 26}  # floats per (K, b, D) chunk tensor
 
 
@@ -63,7 +64,8 @@ class GaussianMixture:
                  reg_covar: float = 1e-6, max_iter: int = 100, n_init: int = 1, init_params: str = "kmeans",
                  weights_init=None, means_init=None, precisions_init=None, random_state=None,
                  warm_start: bool = False, verbose: int = 0, device: str | torch.device | None = None,
-                 batch_size: int | None = None, reg_covar_max: float | None = 1e-2, progress: bool = False):
+                 batch_size: int | None = None, reg_covar_max: float | None = 1e-2, progress: bool = False,
+                 compute_dtype: str = "float32"):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -81,6 +83,7 @@ class GaussianMixture:
         self.batch_size = batch_size
         self.reg_covar_max = reg_covar_max
         self.progress = progress
+        self.compute_dtype = compute_dtype
 
     # ------------------------------------------------------------ validation
     def _check_parameters(self) -> None:
@@ -98,6 +101,8 @@ class GaussianMixture:
             raise GMMError(f"max_iter must be an integer >= 0, got {self.max_iter!r}")
         if not isinstance(self.n_init, (int, np.integer)) or self.n_init < 1:
             raise GMMError(f"n_init must be an integer >= 1, got {self.n_init!r}")
+        if self.compute_dtype not in COMPUTE_DTYPES:
+            raise GMMError(f"unknown compute_dtype {self.compute_dtype!r}; use one of {', '.join(COMPUTE_DTYPES)}")
         if self.batch_size is not None and self.batch_size < 1:
             raise GMMError(f"batch_size must be >= 1 (or None for automatic), got {self.batch_size!r}")
 
@@ -255,15 +260,16 @@ class GaussianMixture:
     @torch.no_grad()
     def _em_step(self, src: Source, p: _Params, bs: int, reg: float, full: bool) -> tuple[_Params, float, float]:
         """One streamed E-step + M-step; returns (new params, mean log-likelihood under the old ones, reg)."""
-        lognorm32, offset = M.log_normaliser(p.weights, p.prec_chol, full)  # (K,), float
-        means32, prec32 = p.means.float(), p.prec_chol.float()
+        dt = COMPUTE_DTYPES[self.compute_dtype]
+        lognorm_c, offset = M.log_normaliser(p.weights, p.prec_chol, full)  # (K,), float
+        lognorm_c, means_c, prec_c = lognorm_c.to(dt), p.means.to(dt), p.prec_chol.to(dt)
         st = M.Stats(self.n_components, src.dim, full, src.device)
-        ws = M.Workspace(self.n_components, bs, src.dim, src.device)
-        for x in src.chunks(bs):
-            M.em_chunk(st, x, means32, prec32, lognorm32, offset, full, ws)
+        ws = M.Workspace(self.n_components, bs, src.dim, src.device, dt)
+        for x in src.chunks(bs, dtype=dt):
+            M.em_chunk(st, x, means_c, prec_c, lognorm_c, offset, full, ws)
         all_reduce_(st.buf)
         lb = float(st.ll) / src.n
-        nk, means, cov0 = M.moments(st, means32.double(), full)
+        nk, means, cov0 = M.moments(st, means_c.double(), full)  # centred on the rounded means
         cov, prec, reg = M.factorise(cov0, reg, self.reg_covar_max, full)
         return _Params(nk / nk.sum(), means, cov, prec), lb, reg
 
@@ -291,13 +297,14 @@ class GaussianMixture:
         """(log p(x) (n,), log responsibilities (n, K)) as numpy float64 for the rows streamed."""
         self._check_fitted()
         p = self._params_from_attributes(src)
-        lognorm32, offset = M.log_normaliser(p.weights, p.prec_chol, self._full)
-        means32, prec32 = p.means.float(), p.prec_chol.float()
+        dt = COMPUTE_DTYPES[self.compute_dtype]
+        lognorm_c, offset = M.log_normaliser(p.weights, p.prec_chol, self._full)
+        lognorm_c, means_c, prec_c = lognorm_c.to(dt), p.means.to(dt), p.prec_chol.to(dt)
         bs = self._batch(src)
-        ws = M.Workspace(self.n_components, bs, src.dim, src.device)
+        ws = M.Workspace(self.n_components, bs, src.dim, src.device, dt)
         lpn, lr = [], []
-        for x in src.chunks(bs, shard=shard):
-            a, b = M.chunk_log_resp(x, means32, prec32, lognorm32, offset, self._full, ws)
+        for x in src.chunks(bs, shard=shard, dtype=dt):
+            a, b = M.chunk_log_resp(x, means_c, prec_c, lognorm_c, offset, self._full, ws)
             lpn.append(a.cpu())
             lr.append(b.cpu())
         return torch.cat(lpn).numpy(), torch.cat(lr).numpy()
