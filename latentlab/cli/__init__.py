@@ -55,3 +55,5 @@ def main() -> None:
 # Commands register themselves on `cli` when their module is imported.
 from latentlab.cli import data as _data  # noqa: E402,F401
 from latentlab.cli import sit as _sit  # noqa: E402,F401
+from latentlab.cli import tokenizers as _tokenizers  # noqa: E402,F401
+from latentlab.cli import analysis as _analysis  # noqa: E402,F401

@@ -1,0 +1,142 @@
+"""Training a tokenizer run: `TokenizerRunConfig`, the `TokenizerTask` for `latentlab.train`, and `train_tokenizer`.
+
+A config file (YAML/JSON) for `latentlab train-tokenizer --config FILE` has the keys of
+`TokenizerRunConfig`; `model:` holds `TokenizerConfig` overrides and `train:` holds `TrainConfig`
+overrides. Unknown keys are errors at every level.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from latentlab.config import from_dict, to_dict
+from latentlab.data import ImageDataset, get_dataset, to_uint8
+from latentlab.errors import LatentlabError
+from latentlab.io import file_hash, load_json
+from latentlab.models.tokenizers import TokenizerConfig, build_tokenizer, reconstruct
+from latentlab.train import TrainConfig, TrainTask, index_batch, load_run_weights, train
+
+# Tokenizer training defaults (override any TrainConfig field under `train:` or on the command line).
+TRAIN_DEFAULTS = dict(steps=1500, batch_size=32, lr=2e-3, weight_decay=0.0, warmup_steps=100, min_lr_ratio=0.05,
+                      ema_decay=0.995, log_every=50, eval_every=500, ckpt_every=500)
+
+
+@dataclass
+class TokenizerRunConfig:
+    """Everything one `train-tokenizer` run needs; defaults live here, not in the CLI."""
+
+    arch: str = "ae"
+    size: str = "tiny"
+    dataset: str = "mnist5k"
+    image_size: int | None = None      # None: the dataset's native size
+    stage: str = "full"                # full | decoder-finetune (needs init)
+    init: str | None = None            # run to start the decoder fine-tune from
+    eval_images: int = 256             # held-out images for PSNR
+    sample_images: int = 8             # reconstructions in each samples/ grid
+    model: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+
+    def train_config(self) -> TrainConfig:
+        """The TrainConfig: tokenizer defaults, then the `train` overrides."""
+        return from_dict(TrainConfig, {**TRAIN_DEFAULTS, **self.train}, "train config")
+
+
+def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB of images in [-1, 1] (peak-to-peak 2): (N,)."""
+    mse = (x_hat.float() - x.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
+    return 10.0 * torch.log10(4.0 / mse)
+
+
+def save_grid(rows: list[torch.Tensor], path: Path, min_side: int = 64) -> None:
+    """Save rows of images (each (n, C, H, W) in [-1, 1]) as one PNG grid, upscaled to >= min_side px."""
+    from PIL import Image
+
+    from latentlab.io import atomic_path
+
+    arr = np.concatenate([np.concatenate(list(to_uint8(r)), axis=1) for r in rows], axis=0)  # (rows*H, n*W, C)
+    img = Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr)
+    scale = max(1, math.ceil(min_side / rows[0].shape[-1]))
+    img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
+
+
+class TokenizerTask(TrainTask):
+    """Drives `latentlab.train.train` for a tokenizer on an image dataset."""
+
+    def __init__(self, model: nn.Module, train_ds: ImageDataset, test_ds: ImageDataset, run_cfg: dict, seed: int,
+                 eval_images: int = 256, sample_images: int = 8):
+        self.model, self.train_ds, self.test_ds = model, train_ds, test_ds
+        self.seed, self._run_cfg = seed, run_cfg
+        n_eval = min(eval_images, len(test_ds))
+        self.eval_x = test_ds.get_batch(np.arange(n_eval))[0]  # (n, C, H, W)
+        self.sample_images = min(sample_images, n_eval)
+
+    def batch(self, step, rank, world_size, per_rank):
+        idx = index_batch(len(self.train_ds), per_rank, step, self.seed, rank, world_size)
+        return self.train_ds.get_batch(idx)[0]  # (B, C, H, W)
+
+    def loss(self, model, batch, step, generator):
+        return model(batch, generator=generator, step=step)
+
+    def evaluate(self, ema_model, step):
+        rec = reconstruct(ema_model, self.eval_x)
+        return {"psnr": float(psnr(rec, self.eval_x).mean()), "mse": float((rec - self.eval_x).pow(2).mean())}
+
+    def visualize(self, ema_model, step, out_dir):
+        x = self.eval_x[: self.sample_images]
+        save_grid([x, reconstruct(ema_model, x)], Path(out_dir) / "samples" / f"recon-{step:06d}.png")
+
+    def run_config(self):
+        return self._run_cfg
+
+
+def build_run(cfg: TokenizerRunConfig) -> tuple[nn.Module, ImageDataset, ImageDataset, dict]:
+    """Datasets, model (initialised from `init` for the decoder fine-tune) and the run's config dict."""
+    train_ds = get_dataset(cfg.dataset, "train", cfg.image_size)
+    test_ds = get_dataset(cfg.dataset, "test", cfg.image_size)
+    init_info = None
+    if cfg.stage == "decoder-finetune":
+        if not cfg.init:
+            raise LatentlabError("--stage decoder-finetune needs --init RUN (the trained tokenizer to fine-tune)")
+        init_cfg = load_json(Path(cfg.init) / "config.json", "run config of --init")
+        if init_cfg.get("kind") != "tokenizer":
+            raise LatentlabError(f"--init {cfg.init} is not a tokenizer run")
+        mdict = {**init_cfg["model"], **cfg.model, "stage": "decoder-finetune", "mask": False}
+        init_info = {"run": str(cfg.init), "checkpoint_hash": file_hash(Path(cfg.init) / "ema.safetensors")}
+    else:
+        if cfg.init:
+            raise LatentlabError("--init is only used with --stage decoder-finetune")
+        mdict = {"arch": cfg.arch, "size": cfg.size, **cfg.model, "stage": cfg.stage,
+                 "image_size": train_ds.image_size, "channels": train_ds.channels}
+    if mdict.get("image_size") != train_ds.image_size or mdict.get("channels") != train_ds.channels:
+        raise LatentlabError(f"the tokenizer expects {mdict.get('channels')}x{mdict.get('image_size')}px images but "
+                             f"{cfg.dataset} has {train_ds.channels}x{train_ds.image_size}px; set --image-size or pick the dataset it was trained on")
+    mcfg = from_dict(TokenizerConfig, mdict, "model config")
+    torch.manual_seed(cfg.train_config().seed)
+    model = build_tokenizer(mcfg)
+    if init_info:
+        load_run_weights(cfg.init, model, "ema")
+        model.freeze_encoder()
+    run_cfg = {"kind": "tokenizer", "arch": mcfg.arch, "size": mcfg.size, "teacher": mcfg.teacher_label(),
+               "dataset": cfg.dataset, "stage": mcfg.stage, "init": init_info, "model": to_dict(mcfg),
+               "run": {k: v for k, v in to_dict(cfg).items() if k not in ("model", "train", "init")}}
+    return model, train_ds, test_ds, run_cfg
+
+
+def train_tokenizer(cfg: TokenizerRunConfig, out: str | Path, resume: bool = False) -> dict:
+    """Train one tokenizer run into `out`; returns the training summary (with held-out PSNR)."""
+    tcfg = cfg.train_config()
+    model, train_ds, test_ds, run_cfg = build_run(cfg)
+    task = TokenizerTask(model, train_ds, test_ds, run_cfg, tcfg.seed, cfg.eval_images, cfg.sample_images)
+    summary = train(task, tcfg, out, resume=resume)
+    n_params = sum(p.numel() for p in model.parameters())
+    return {**summary, "arch": run_cfg["arch"], "size": run_cfg["size"], "teacher": run_cfg["teacher"],
+            "stage": run_cfg["stage"], "dataset": cfg.dataset, "params": n_params,
+            "latent_shape": list(model.latent_shape), "psnr": summary["eval"].get("psnr")}

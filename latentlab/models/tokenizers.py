@@ -1,0 +1,350 @@
+"""1D-token ViT tokenizers: AE, KL-VAE, VA-VAE-style aligned VAE (and MAETok in `maetok.py`).
+
+All kinds share one design, so the comparison is fair:
+  encoder  patches (2D RoPE + fixed sin-cos positions) + T learnable latent tokens -> transformer -> the latent tokens -> (B, T, C)
+  decoder  latents -> width D, plus a learnable mask token at every patch position (2D RoPE)
+           -> transformer -> the patch positions -> pixels (B, C, H, W)
+Interface: `encode(x) -> posterior` with `.mode()` / `.sample(generator)` of shape (B, T, C);
+`decode(z) -> images` in [-1, 1]; `losses(x, generator, step) -> dict` (also `forward`), with the
+total under "loss". The encoder's parameters sit under `encoder.`, the pixel decoder's under `decoder.`.
+
+Size presets (`SIZES`) go from "tiny" (CPU, 32 px) to "B" (ViT-B, patch 16, 128 tokens x 32 channels
+at 256 px). The patch size follows the dataset: the preset's patch grid is kept (patch = image / grid,
+at least 2), unless `patch_size` is given. `load_tokenizer(run)` rebuilds a trained model from its run.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from latentlab.errors import LatentlabError
+from latentlab.models.blocks import PatchEmbed, Transformer, rope_2d, sincos_2d, unpatchify
+from latentlab.models.losses import (DeterministicPosterior, DiagonalGaussian, PatchDiscriminator, adaptive_weight,
+                                     hinge_d_loss, hinge_g_loss, load_perceptual, reconstruction_loss, vf_loss)
+from latentlab.models.targets import make_target
+
+STAGES = ("full", "decoder-finetune")
+
+
+@dataclass
+class TokenizerConfig:
+    """Architecture and loss settings of one tokenizer; stored as a plain dict in config.json."""
+
+    arch: str = "ae"
+    size: str = "tiny"
+    image_size: int = 32
+    channels: int = 1
+    patch_size: int | None = None      # None: keep the preset's patch grid
+    width: int | None = None           # None: from the size preset (likewise the fields below)
+    depth: int | None = None
+    heads: int | None = None
+    dec_width: int | None = None
+    dec_depth: int | None = None
+    num_tokens: int | None = None
+    token_dim: int | None = None
+    mlp_ratio: float = 4.0
+    rope_base: float = 100.0
+    rec_loss: str = "l1"               # l1 | l2
+    kl_weight: float = 1e-6            # vae, vavae
+    perceptual: str | None = None      # path of a TorchScript LPIPS-like net(x_hat, x); off by default
+    perceptual_weight: float = 1.0
+    gan_weight: float = 0.0            # hinge GAN with adaptive weight; 0 = off
+    gan_start: int = 0
+    teacher: str = "hog"               # vavae alignment target (hog | pixels | dinov2:PATH | clip:PATH | torchscript:PATH)
+    align_weight: float = 0.1
+    align_m1: float = 0.5
+    align_m2: float = 0.25
+    align_adaptive: bool = True
+    mask: bool = True                  # maetok: random masking of patch embeddings
+    mask_min: float = 0.4
+    mask_max: float = 0.6
+    learnable_tokens: bool = True      # maetok ablation: False = latents pooled from the image (patch) tokens
+    aux_targets: list[str] = field(default_factory=lambda: ["hog"])  # maetok auxiliary decoders
+    aux_depth: int = 1
+    aux_weight: float = 1.0
+    stage: str = "full"                # full | decoder-finetune (encoder frozen, masking off)
+
+    def __post_init__(self):
+        if self.arch not in TOKENIZERS:
+            raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(TOKENIZERS)}")
+        if self.size not in SIZES:
+            raise ValueError(f"unknown size {self.size!r}; choose one of {', '.join(SIZES)}")
+        if self.stage not in STAGES:
+            raise ValueError(f"unknown stage {self.stage!r}; choose one of {', '.join(STAGES)}")
+        if not 0.0 <= self.mask_min <= self.mask_max < 1.0:
+            raise ValueError("need 0 <= mask_min <= mask_max < 1")
+        self.aux_targets = list(self.aux_targets)
+        preset = SIZES[self.size]
+        for k, v in preset.items():
+            if k != "image_size" and getattr(self, k, None) is None and k != "patch_size":
+                setattr(self, k, v)
+        if self.patch_size is None:
+            grid = preset["image_size"] // preset["patch_size"]
+            self.patch_size = max(2, self.image_size // grid)
+        if self.image_size % self.patch_size:
+            raise ValueError(f"image size {self.image_size} is not divisible by patch size {self.patch_size}")
+        if (self.width // self.heads) % 4 or (self.dec_width // self.heads) % 4:
+            raise ValueError("width / heads must be divisible by 4 (2D RoPE)")
+
+    @property
+    def grid(self) -> int:
+        return self.image_size // self.patch_size
+
+    def teacher_label(self) -> str:
+        """What the run was aligned to / predicted, for tables: e.g. 'hog', 'hog+pixels', '-'."""
+        if self.arch == "vavae":
+            return self.teacher.split(":")[0] if not self.teacher.startswith("torchscript") else self.teacher
+        if self.arch == "maetok":
+            return "+".join(self.aux_targets) or "-"
+        return "-"
+
+
+SIZES: dict[str, dict] = {
+    "tiny": dict(image_size=32, patch_size=4, width=128, depth=3, heads=4, dec_width=128, dec_depth=3,
+                 num_tokens=16, token_dim=8),
+    "small": dict(image_size=32, patch_size=2, width=256, depth=6, heads=4, dec_width=256, dec_depth=6,
+                  num_tokens=32, token_dim=12),
+    "S": dict(image_size=256, patch_size=16, width=384, depth=12, heads=6, dec_width=384, dec_depth=12,
+              num_tokens=128, token_dim=32),
+    "B": dict(image_size=256, patch_size=16, width=768, depth=12, heads=12, dec_width=768, dec_depth=12,
+              num_tokens=128, token_dim=32),
+}
+
+
+class Encoder(nn.Module):
+    """Patch tokens (+ optional mask token) and latent tokens through a transformer -> (B, T, out_dim)."""
+
+    def __init__(self, cfg: TokenizerConfig, out_dim: int, use_mask_token: bool = False):
+        super().__init__()
+        self.cfg = cfg
+        self.patch_embed = PatchEmbed(cfg.channels, cfg.width, cfg.patch_size)
+        self.latent_tokens = nn.Parameter(0.02 * torch.randn(cfg.num_tokens, cfg.width)) if cfg.learnable_tokens else None
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.width)) if use_mask_token else None
+        self.transformer = Transformer(cfg.width, cfg.depth, cfg.heads, cfg.mlp_ratio)
+        self.register_buffer("pos", sincos_2d(cfg.grid, cfg.width), persistent=False)  # (N, D)
+        self.out = nn.Linear(cfg.width, out_dim)  # the encoder's last layer (adaptive weights use it)
+
+    def embed(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Patch embeddings (B, N, D); where mask (B, N) is True they are replaced by the mask token."""
+        tokens = self.patch_embed(x)  # (B, N, D)
+        if mask is not None:
+            tokens = torch.where(mask[..., None], self.mask_token.to(tokens.dtype), tokens)
+        return tokens
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        cfg = self.cfg
+        tokens = self.embed(x, mask) + self.pos.to(x.dtype)  # (B, N, D), positions also on mask tokens
+        b, n, _ = tokens.shape
+        if self.latent_tokens is not None:
+            seq = torch.cat([tokens, self.latent_tokens.expand(b, -1, -1).to(tokens.dtype)], 1)  # (B, N+T, D)
+            rope = rope_2d(cfg.grid, cfg.grid, cfg.width // cfg.heads, cfg.rope_base, cfg.num_tokens, x.device)
+            h = self.transformer(seq, rope)[:, n:]  # (B, T, D)
+        else:  # image tokens: pool the patch tokens down to T latents
+            rope = rope_2d(cfg.grid, cfg.grid, cfg.width // cfg.heads, cfg.rope_base, 0, x.device)
+            h = self.transformer(tokens, rope)  # (B, N, D)
+            h = F.adaptive_avg_pool1d(h.transpose(1, 2), cfg.num_tokens).transpose(1, 2)  # (B, T, D)
+        return self.out(h)  # (B, T, out_dim)
+
+
+class Decoder(nn.Module):
+    """Latent tokens + a learnable mask token at each patch position -> per-patch outputs (B, N, out_dim)."""
+
+    def __init__(self, cfg: TokenizerConfig, out_dim: int, width: int, depth: int):
+        super().__init__()
+        self.cfg, self.width = cfg, width
+        self.embed = nn.Linear(cfg.token_dim, width)
+        self.token_pos = nn.Parameter(0.02 * torch.randn(cfg.num_tokens, width))
+        self.mask_token = nn.Parameter(0.02 * torch.randn(1, 1, width))
+        self.transformer = Transformer(width, depth, cfg.heads, cfg.mlp_ratio)
+        self.register_buffer("pos", sincos_2d(cfg.grid, width), persistent=False)  # (N, W)
+        self.out = nn.Linear(width, out_dim)  # the decoder's last layer
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        cfg = self.cfg
+        b, n = z.shape[0], cfg.grid * cfg.grid
+        lat = self.embed(z) + self.token_pos.to(z.dtype)  # (B, T, W)
+        queries = (self.mask_token + self.pos).expand(b, n, -1).to(lat.dtype)  # (B, N, W)
+        seq = torch.cat([queries, lat], 1)  # (B, N+T, W)
+        rope = rope_2d(cfg.grid, cfg.grid, self.width // cfg.heads, cfg.rope_base, cfg.num_tokens, z.device)
+        return self.out(self.transformer(seq, rope)[:, :n])  # (B, N, out_dim)
+
+
+class AETokenizer(nn.Module):
+    """Plain autoencoder with deterministic latents; base class of every kind."""
+
+    arch = "ae"
+    posterior_channels = 1  # latent values per channel the encoder emits (2 for mean + logvar)
+    uses_mask_token = False
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.encoder = Encoder(cfg, cfg.token_dim * self.posterior_channels, self.uses_mask_token)
+        self.decoder = Decoder(cfg, cfg.patch_size**2 * cfg.channels, cfg.dec_width, cfg.dec_depth)
+        self.discriminator = PatchDiscriminator(cfg.channels) if cfg.gan_weight > 0 else None
+        self._perceptual = [load_perceptual(cfg.perceptual)] if cfg.perceptual else []  # not in the state dict
+        if cfg.stage == "decoder-finetune":
+            self.freeze_encoder()
+
+    def freeze_encoder(self) -> None:
+        """Freeze everything but the pixel decoder (and the discriminator): the decoder fine-tune stage."""
+        for name, p in self.named_parameters():
+            p.requires_grad_(name.startswith("decoder.") or name.startswith("discriminator."))
+
+    # ------------------------------------------------------------ interface
+    def posterior(self, h: torch.Tensor):
+        """Encoder output (B, T, C * posterior_channels) -> posterior."""
+        return DeterministicPosterior(h)
+
+    def encode(self, x: torch.Tensor):
+        """Images (B, C, H, W) in [-1, 1] -> posterior over latents (B, T, C)."""
+        return self.posterior(self.encoder(x))
+
+    def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, T, C) -> unclamped images (B, C, H, W)."""
+        cfg = self.cfg
+        return unpatchify(self.decoder(z), cfg.patch_size, cfg.channels, cfg.image_size, cfg.image_size)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, T, C) -> images (B, C, H, W) clamped to [-1, 1]."""
+        return self.decode_raw(z).clamp(-1.0, 1.0)
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        return (self.cfg.num_tokens, self.cfg.token_dim)
+
+    # ------------------------------------------------------------ losses
+    def forward(self, x: torch.Tensor, generator: torch.Generator | None = None, step: int = 0) -> dict:
+        """Loss terms for a batch of images (B, C, H, W); the total is under "loss"."""
+        if self.cfg.stage == "decoder-finetune":
+            with torch.no_grad():
+                z = self.encode(x).sample(generator)
+            return self.pixel_terms(x, self.decode_raw(z), step)
+        return self.train_terms(x, generator, step)
+
+    losses = forward
+
+    def train_terms(self, x: torch.Tensor, generator: torch.Generator | None, step: int) -> dict:
+        """The kind's full objective (subclasses extend it)."""
+        post = self.encode(x)
+        return self.pixel_terms(x, self.decode_raw(post.sample(generator)), step)
+
+    def pixel_terms(self, x: torch.Tensor, x_hat: torch.Tensor, step: int) -> dict:
+        """Reconstruction (+ perceptual, + hinge GAN with adaptive weight) terms."""
+        cfg = self.cfg
+        rec = reconstruction_loss(x_hat.float(), x.float(), cfg.rec_loss)
+        terms = {"rec": rec}
+        total = rec
+        if self._perceptual:
+            net = self._perceptual[0].to(x.device)
+            terms["perceptual"] = net(x_hat.float(), x.float()).mean()
+            total = total + cfg.perceptual_weight * terms["perceptual"]
+        if self.discriminator is not None:
+            g = hinge_g_loss(self.discriminator, x_hat)
+            w = adaptive_weight(total, g, self.decoder.out.weight) * cfg.gan_weight * float(step >= cfg.gan_start)
+            d = hinge_d_loss(self.discriminator, x, x_hat)
+            terms.update(gan=g, gan_weight=w, disc=d)
+            total = total + w * g + d
+        return {"loss": total, **terms}
+
+
+class VAETokenizer(AETokenizer):
+    """KL-VAE: a diagonal-Gaussian posterior and a KL term weighted by `kl_weight`."""
+
+    arch = "vae"
+    posterior_channels = 2
+
+    def posterior(self, h: torch.Tensor):
+        mean, logvar = h.float().chunk(2, dim=-1)  # (B, T, C) each
+        return DiagonalGaussian(mean, logvar)
+
+    def train_terms(self, x, generator, step):
+        post = self.encode(x)
+        terms = self.pixel_terms(x, self.decode_raw(post.sample(generator)), step)
+        kl = post.kl()
+        terms["loss"] = terms["loss"] + self.cfg.kl_weight * kl
+        terms["kl"] = kl
+        return terms
+
+
+class VAVAETokenizer(VAETokenizer):
+    """KL-VAE + VA-VAE alignment of projected latents to teacher features (HOG by default)."""
+
+    arch = "vavae"
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__(cfg)
+        target = make_target(cfg.teacher, cfg.patch_size, cfg.channels, cfg.image_size)
+        self._target = [target]  # frozen teacher: not in the state dict
+        self.projector = Decoder(cfg, target.dim, cfg.dec_width, 1)  # latents -> teacher features per patch
+        if cfg.stage == "decoder-finetune":
+            self.freeze_encoder()
+
+    def train_terms(self, x, generator, step):
+        cfg = self.cfg
+        post = self.encode(x)
+        z = post.sample(generator)
+        terms = self.pixel_terms(x, self.decode_raw(z), step)
+        kl = post.kl()
+        with torch.no_grad():
+            f = self._target[0].to(x.device)(x)  # (B, N, Dt)
+        mcos, mdms = vf_loss(self.projector(z), f, cfg.align_m1, cfg.align_m2)
+        vf = mcos + mdms
+        w = adaptive_weight(terms["rec"], vf, self.encoder.out.weight) if cfg.align_adaptive else vf.new_ones(())
+        terms["loss"] = terms["loss"] + cfg.kl_weight * kl + cfg.align_weight * w * vf
+        terms.update(kl=kl, vf_mcos=mcos, vf_mdms=mdms, vf_weight=w)
+        return terms
+
+
+# MAETok lives in maetok.py; the registry is filled there to keep this file short.
+TOKENIZERS: dict[str, type[AETokenizer]] = {"ae": AETokenizer, "vae": VAETokenizer, "vavae": VAVAETokenizer}
+
+
+def build_tokenizer(cfg: TokenizerConfig | dict) -> AETokenizer:
+    """Instantiate the tokenizer described by `cfg` (a TokenizerConfig or its dict)."""
+    from latentlab.config import from_dict
+
+    if isinstance(cfg, dict):
+        cfg = from_dict(TokenizerConfig, cfg, "tokenizer config")
+    return TOKENIZERS[cfg.arch](cfg)
+
+
+def load_tokenizer(run: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[AETokenizer, dict]:
+    """Rebuild a trained tokenizer from its run directory: (model in eval mode, run config dict)."""
+    from latentlab.io import load_json
+    from latentlab.train import load_run_weights
+
+    run = Path(run)
+    if not run.is_dir():
+        raise LatentlabError(f"tokenizer run not found: {run}")
+    cfg = load_json(run / "config.json", "run config")
+    if cfg.get("kind") != "tokenizer" or "model" not in cfg:
+        raise LatentlabError(f"{run} is not a tokenizer run (config.json has kind={cfg.get('kind')!r}); "
+                             "train one with `latentlab train-tokenizer`")
+    model = build_tokenizer(cfg["model"])
+    load_run_weights(run, model, weights)
+    return model.to(device).eval(), cfg
+
+
+@torch.no_grad()
+def reconstruct(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Encode with the posterior mode and decode, in batches: images (N, C, H, W) -> (N, C, H, W) in [-1, 1]."""
+    model.eval()
+    dev = next(model.parameters()).device
+    out = [model.decode(model.encode(images[i:i + batch_size].to(dev)).mode()).cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out)
+
+
+def config_fields() -> list[str]:
+    """Names of the TokenizerConfig fields (valid keys under `model:` in a config file)."""
+    return [f.name for f in dataclasses.fields(TokenizerConfig)]
+
+
+from latentlab.models import maetok as _maetok  # noqa: E402,F401  (registers "maetok")
