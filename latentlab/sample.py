@@ -20,7 +20,7 @@ import torch
 
 from latentlab.config import from_dict
 from latentlab.errors import LatentlabError
-from latentlab.io import atomic_dir, file_hash, load_json, save_json, save_npy
+from latentlab.io import atomic_dir, load_json, save_json, save_npy
 from latentlab.models.sit import SiT, SiTConfig
 from latentlab.sit_train import _seed, denormalize
 from latentlab.train import load_run_weights
@@ -114,7 +114,27 @@ def sample_latents(model: SiT, labels: np.ndarray, cfg: SampleConfig, norm: dict
     return np.concatenate(parts, 0)
 
 
-def _load_decoder(run_path: str, expect_hash: str | None):
+class PixelTokens(torch.nn.Module):
+    """The "pixels" baseline's decoder: (N, H*W, C) tokens in [-1, 1] -> (N, C, H, W) images."""
+
+    def __init__(self, image_size: int, channels: int):
+        super().__init__()
+        self.size, self.channels = int(image_size), int(channels)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return z.transpose(1, 2).reshape(z.shape[0], self.channels, self.size, self.size)  # (N, C, H, W)
+
+
+def _decoder_for(prov: dict):
+    """The tokenizer to decode through, a label for it, or (None, why not)."""
+    if prov.get("tokenizer_run"):
+        return _load_decoder(prov["tokenizer_run"]), prov["tokenizer_run"]
+    if prov.get("tokenizer") == "pixels" and prov.get("image_size") and prov.get("channels"):
+        return PixelTokens(prov["image_size"], prov["channels"]), "pixels"
+    return None, "its latents were imported without a tokenizer run"
+
+
+def _load_decoder(run_path: str):
     try:
         from latentlab.models.tokenizers import load_tokenizer
     except ImportError:
@@ -149,8 +169,7 @@ def sample(run: str | Path, out: str | Path, cfg: SampleConfig | None = None) ->
     model, rc = load_sit(run, cfg.weights, device)
     labels = balanced_labels(cfg.n, model.cfg.num_classes, cfg.class_label)
     prov = rc.get("latents", {})
-    tok_run = prov.get("tokenizer_run") if cfg.decode else None
-    decoder = _load_decoder(tok_run, prov.get("checkpoint_hash")) if tok_run else None
+    decoder, source = _decoder_for(prov) if cfg.decode else (None, "--no-decode was given")
     t0 = time.time()
     latents = sample_latents(model, labels, cfg, rc.get("normalization"))
     summary = {"run": str(run), "out": str(out), "n": cfg.n, "sample_shape": list(latents.shape[1:]),
@@ -169,11 +188,10 @@ def sample(run: str | Path, out: str | Path, cfg: SampleConfig | None = None) ->
                 save_png(images[i], tmp / "images" / f"{i:05d}.png")
             k = min(len(images), cfg.grid_size)
             save_png(image_grid(images[:k]), tmp / "grid.png", upscale=2 if images.shape[1] < 64 else 1)
-            summary.update(decoded=True, tokenizer_run=tok_run, image_shape=list(images.shape[1:]))
+            summary.update(decoded=True, decoder=source, image_shape=list(images.shape[1:]))
         else:
-            why = "--no-decode was given" if not cfg.decode else "its latents were imported without a tokenizer run"
-            summary["skipped_decoding"] = why
-            info(f"skipped decoding: {why}; wrote latents only")
+            summary["skipped_decoding"] = source
+            info(f"skipped decoding: {source}; wrote latents only")
         save_json({**summary, "config": {k: v for k, v in vars(cfg).items()}}, tmp / "summary.json")
     names = ["latents.npy", "labels.npy", "summary.json"] + (["images.npz", "grid.png", "images/"] if summary["decoded"] else [])
     summary["files"] = {n: str(Path(out) / n) for n in names}

@@ -249,6 +249,8 @@ def _provenance(tl, train: LatentStore, test: LatentStore | None) -> dict:
             "test_store": str(test.path.resolve()) if test is not None else None,
             "dataset": train.dataset, "tokenizer": train.manifest.get("tokenizer"),
             "checkpoint_hash": train.manifest.get("checkpoint_hash"), "tokenizer_run": run,
+            "image_size": train.manifest.get("meta", {}).get("image_size"),
+            "channels": train.manifest.get("meta", {}).get("channels"),
             "sample_shape": list(train.sample_shape), "layout": train.layout}
 
 
@@ -274,7 +276,7 @@ def build_sit_task(tokenizer, cfg: SiTTrainConfig, dataset: str | None = None) -
     num_classes = int(train_store.manifest.get("num_classes", 0))
     torch.manual_seed(tcfg.seed)  # the initial weights depend on the seed only
     model = SiT(sit_config(cfg.model, train_store.sample_shape, train_store.layout, num_classes,
-                           **cfg.model_overrides))
+                           cfg.model_overrides))
     model.check_shape(train_store.sample_shape, train_store.layout, f"latents in {train_store.path}")
     if test_store is not None:
         model.check_shape(test_store.sample_shape, test_store.layout, f"latents in {test_store.path}")

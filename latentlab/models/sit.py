@@ -253,9 +253,14 @@ SIT_MODELS.update({f"{k}/{p}": {**v, "patch_size": p} for k, v in list(SIT_MODEL
                    if k != "SiT-tiny" for p in (1, 2, 4, 8)})
 
 
-def sit_config(name: str, sample_shape: tuple[int, ...], layout: str, num_classes: int, **overrides) -> SiTConfig:
+def sit_config(name: str, sample_shape: tuple[int, ...], layout: str, num_classes: int,
+               overrides: dict | None = None) -> SiTConfig:
     """The SiTConfig of preset `name` for latents of `sample_shape`/`layout`, with overrides."""
     if name not in SIT_MODELS:
         raise LatentlabError(f"unknown SiT model {name!r}; choose one of {', '.join(SIT_MODELS)}")
-    return SiTConfig(**{**SIT_MODELS[name], "sample_shape": tuple(sample_shape), "layout": layout,
-                        "num_classes": int(num_classes), **overrides})
+    from latentlab.config import from_dict
+
+    cfg = from_dict(SiTConfig, {**SIT_MODELS[name], "sample_shape": tuple(sample_shape), "layout": layout,
+                                "num_classes": int(num_classes), **(overrides or {})}, "SiT model_overrides")
+    cfg.sample_shape = tuple(int(s) for s in cfg.sample_shape)
+    return cfg
