@@ -57,3 +57,4 @@ from latentlab.cli import data as _data  # noqa: E402,F401
 from latentlab.cli import sit as _sit  # noqa: E402,F401
 from latentlab.cli import tokenizers as _tokenizers  # noqa: E402,F401
 from latentlab.cli import analysis as _analysis  # noqa: E402,F401
+from latentlab.cli import metrics as _metrics  # noqa: E402,F401

@@ -1,0 +1,126 @@
+"""`latentlab fid`, `latentlab eval-tokenizer` and `latentlab eval-sit`."""
+
+from __future__ import annotations
+
+import click
+
+from latentlab.cli import cli
+from latentlab.cli.common import emit, json_option
+
+extractor_option = click.option(
+    "--extractor", default=None, metavar="NAME",
+    help="lenet (default; FD-lenet, offline), inception (FID; needs latentlab[fid]), inception:WEIGHTS, "
+         "dinov2[:vit-s-14|..], torchscript:PATH.")
+batch_option = click.option("--batch-size", type=int, default=None, help="Images per forward pass (default 250).")
+device_option = click.option("--device", default=None, help="cpu, cuda, cuda:N or auto.")
+
+
+def _config(**kw):
+    from latentlab.metrics.evaluate import MetricsConfig
+
+    cfg = MetricsConfig()
+    for k, v in kw.items():
+        if v is not None:
+            setattr(cfg, k, v)
+    return cfg
+
+
+def _extractor_line(e: dict) -> str:
+    if "test_accuracy" in e:
+        return f"{e['name']} (trained on {e['dataset']}, test accuracy {100 * e['test_accuracy']:.1f}%)"
+    return e["name"]
+
+
+def _fd_text(s: dict) -> str:
+    m = s["metric"]
+    line = f"{m} = {s[m]:.4f}  [extractor {_extractor_line(s['extractor'])}"
+    line += "]" if m.endswith("fid") and not m.startswith("fd_") else "; not FID]"
+    isn = s["extractor"].get("is_metric")
+    if isn and isn in s:
+        line += f"\n{isn} = {s[isn]:.3f} ± {s[isn + '_std']:.3f}"
+    return line
+
+
+@cli.command("fid")
+@click.option("--real", required=True, metavar="DATASET[:SPLIT]|DIR|NPZ",
+              help="Reference images: a dataset split (statistics cached), a PNG folder or an images.npz.")
+@click.option("--fake", required=True, type=click.Path(), metavar="DIR|NPZ",
+              help="A folder of PNG/JPEG images or an images.npz (uint8 N x H x W x C under 'images').")
+@extractor_option
+@click.option("--lenet-dataset", default=None, help="Dataset the lenet is trained on when --real is not a dataset.")
+@click.option("--real-limit", type=int, default=None, help="Use only the first N real images.")
+@batch_option
+@device_option
+@click.option("--out", type=click.Path(), default=None, help="Also write fid.csv, fid.json and samples.png here.")
+@json_option
+def fid_cmd(real, fake, extractor, lenet_dataset, real_limit, batch_size, device, out, as_json):
+    """Fréchet distance (and Inception score for classifiers) between reference and generated images.
+
+    Named after the extractor: FID only with inception; FD-lenet, FD-DINOv2 ... otherwise.
+
+    \b
+    latentlab fid --real mnist5k:train --fake samples/images.npz --extractor lenet
+    """
+    from latentlab.metrics.evaluate import fid
+
+    cfg = _config(extractor=extractor, lenet_dataset=lenet_dataset, real_limit=real_limit, batch_size=batch_size,
+                  device=device)
+    s = fid(real, fake, cfg, out)
+    emit(s, as_json, lambda s: f"{_fd_text(s)}\nreal {real} ({s['real']['n']} images"
+                               f"{', cached statistics' if s['real']['stats_cached'] else ''}), "
+                               f"fake {fake} ({s['n_fake']} images)")
+
+
+@cli.command("eval-tokenizer")
+@click.option("--tokenizer", "run", required=True, metavar="RUN", help="A tokenizer run directory.")
+@extractor_option
+@click.option("--dataset", default=None, help="Dataset to evaluate on (default: the one the run was trained on).")
+@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
+@click.option("--weights", type=click.Choice(["ema", "model"]), default=None)
+@batch_option
+@device_option
+@click.option("--out", type=click.Path(), default=None, help="Output directory (default RUN/eval).")
+@json_option
+def eval_tokenizer_cmd(run, extractor, dataset, split, weights, batch_size, device, out, as_json):
+    """PSNR, SSIM and rFID of a tokenizer's reconstructions of the held-out split.
+
+    Writes recon.csv, recon_images.csv, recon.json and recon_grid.png (originals over reconstructions).
+
+    \b
+    latentlab eval-tokenizer --tokenizer runs/ae --extractor lenet
+    """
+    from latentlab.metrics.evaluate import eval_tokenizer
+
+    cfg = _config(extractor=extractor, weights=weights, batch_size=batch_size, device=device)
+    s = eval_tokenizer(run, cfg, out, dataset=dataset, split=split)
+    emit(s, as_json, lambda s: f"{s['tokenizer']} on {s['dataset']}:{s['split']} ({s['n']} images): "
+                               f"PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.4f}\n{_fd_text(s)}\n"
+                               f"wrote {s['files']['csv']} and {s['files']['figure']}")
+
+
+@cli.command("eval-sit")
+@click.option("--sit", "run", required=True, type=click.Path(), help="A SiT run directory (from train-sit).")
+@click.option("--n", type=int, default=None, help="Samples (default 10,000 on embedded data, 50,000 otherwise).")
+@extractor_option
+@click.option("--cfg", "cfg_scale", type=float, default=None, help="Classifier-free guidance scale (1 = none).")
+@click.option("--steps", type=int, default=None, help="Integration steps (default 50).")
+@click.option("--sampler", type=click.Choice(["heun", "euler", "sde"]), default=None)
+@click.option("--seed", type=int, default=None)
+@click.option("--weights", type=click.Choice(["ema", "model"]), default=None)
+@batch_option
+@device_option
+@click.option("--out", type=click.Path(), default=None, help="Output directory (default RUN/eval).")
+@json_option
+def eval_sit_cmd(run, n, extractor, cfg_scale, steps, sampler, seed, weights, batch_size, device, out, as_json):
+    """gFID of a SiT run: sample N images, decode them, FD against the train split's statistics.
+
+    \b
+    latentlab eval-sit --sit runs/sit-ae --n 10000 --extractor lenet
+    """
+    from latentlab.metrics.evaluate import eval_sit
+
+    cfg = _config(n=n, extractor=extractor, cfg=cfg_scale, steps=steps, sampler=sampler, seed=seed, weights=weights,
+                  batch_size=batch_size, device=device)
+    s = eval_sit(run, cfg, out)
+    emit(s, as_json, lambda s: f"{s['run']}: {s['n']} samples vs {s['dataset']}:train\n{_fd_text(s)}\n"
+                               f"wrote {s['files']['csv']} and {s['files']['figure']}")

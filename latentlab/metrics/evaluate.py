@@ -1,0 +1,285 @@
+"""The metric pipelines: FD/FID of an image set, a tokenizer's reconstruction metrics, a SiT run's gFID.
+
+    fid(real, fake)              FD between a dataset split (cached statistics) or an image set and images
+    eval_tokenizer(run)          PSNR, SSIM and rFID on the held-out split; recon.csv + a grid figure
+    eval_sit(run)                gFID: sample N images from a SiT run, decode, FD against the train split
+
+Every result names its metric after the extractor: "fid" only for Inception-v3; "fd_lenet",
+"fd_dinov2", "fd_torchscript" otherwise (rFID becomes "rfd_lenet", gFID "gfd_lenet"), with the
+extractor's description (for lenet its test accuracy) next to it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+import torch
+
+from latentlab.data import SPLITS
+from latentlab.errors import LatentlabError
+from latentlab.metrics.extractors import FeatureExtractor, get_extractor
+from latentlab.metrics.fid import GaussianStats, fd_between, inception_score
+from latentlab.metrics.images import ImageSet, open_images
+from latentlab.metrics.stats import FeatureSummary, compute_features, real_statistics
+
+EMBEDDED_DATASETS = ("mnist5k", "digits", "shapes")
+
+
+@dataclass
+class MetricsConfig:
+    """Settings of `fid`, `eval-tokenizer` and `eval-sit`; defaults live here only."""
+
+    extractor: str = "lenet"
+    batch_size: int = 250
+    device: str = "auto"
+    is_splits: int = 10
+    real_limit: int | None = None       # use the first N real images only (None: the whole split)
+    lenet_dataset: str | None = None    # data the lenet is trained on when --real is not a dataset
+    n: int | None = None                # gFID samples: None = 10,000 (embedded data) or 50,000
+    cfg: float = 1.0                    # gFID sampling: guidance scale, steps, sampler, seed, weights
+    steps: int = 50
+    sampler: str = "heun"
+    seed: int = 0
+    weights: str = "ema"
+    chunk: int = 5000                   # gFID samples decoded at a time
+    grid: int = 16                      # eval-tokenizer: originals shown in the grid
+
+
+def parse_real(spec: str) -> tuple[str, str]:
+    """'mnist5k:train' -> ('mnist5k', 'train'); 'cifar10:/data/x:test' -> ('cifar10:/data/x', 'test')."""
+    head, _, tail = spec.rpartition(":")
+    if head and tail in SPLITS:
+        return head, tail
+    return spec, "train"
+
+
+def metric_names(ext: FeatureExtractor, prefix: str = "") -> tuple[str, str | None]:
+    """(distance name, Inception-score name) with an optional prefix: ('rfid', ...) or ('gfd_lenet', ...)."""
+    name = ext.metric
+    if prefix:
+        name = f"{prefix}fid" if name == "fid" else f"{prefix}{name}"
+    return name, ext.is_metric
+
+
+def _is_entry(ext: FeatureExtractor, summary: FeatureSummary, splits: int) -> dict:
+    if summary.logits is None or ext.is_metric is None:
+        return {}
+    mean, std = inception_score(summary.logits, splits)
+    return {ext.is_metric: mean, f"{ext.is_metric}_std": std}
+
+
+def _extractor_for(cfg: MetricsConfig, dataset: str | None) -> FeatureExtractor:
+    lenet_data = cfg.lenet_dataset or dataset
+    if cfg.extractor.partition(":")[0] == "lenet" and lenet_data is None:
+        raise LatentlabError("the lenet extractor is trained on a dataset: give --real as a dataset "
+                             "(e.g. mnist5k:train) or name one with --lenet-dataset")
+    return get_extractor(cfg.extractor, dataset=lenet_data or "mnist5k", device=cfg.device)
+
+
+def _reference(real: str, ext: FeatureExtractor, cfg: MetricsConfig, image_size: int | None = None
+               ) -> tuple[GaussianStats, dict]:
+    """Statistics of the real side: a dataset split (cached) at `image_size`, or an image folder / npz."""
+    p = Path(real).expanduser()
+    if p.exists():
+        imgs = open_images(p)
+        s = compute_features(ext, imgs.batches(cfg.batch_size, cfg.real_limit), total=imgs.n, desc="real features",
+                             keep_logits=False)
+        return s.stats, {**imgs.describe(), "n": s.stats.n, "stats_cached": False}
+    dataset, split = parse_real(real)
+    stats, cached = real_statistics(dataset, split, ext, image_size=image_size, batch_size=cfg.batch_size,
+                                    limit=cfg.real_limit)
+    return stats, {"dataset": dataset, "split": split, "n": stats.n, "stats_cached": cached}
+
+
+def fd_against(real: str, fake_batches: Iterable[torch.Tensor], n_fake: int, cfg: MetricsConfig,
+               ext: FeatureExtractor, prefix: str = "", image_size: int | None = None) -> dict:
+    """FD (+ IS when the extractor classifies) between `real` and streamed fake batches (B, C, H, W) in [-1, 1]."""
+    ref, real_info = _reference(real, ext, cfg, image_size)
+    fake = compute_features(ext, fake_batches, total=n_fake, desc="generated features")
+    name, _ = metric_names(ext, prefix)
+    return {"metric": name, name: fd_between(ref, fake.stats), **_is_entry(ext, fake, cfg.is_splits),
+            "extractor": ext.describe(), "real": real_info, "n_fake": fake.stats.n}
+
+
+def fid(real: str, fake: str | ImageSet, cfg: MetricsConfig | None = None, out: str | Path | None = None) -> dict:
+    """FD between `real` (DATASET[:SPLIT] or a folder/npz) and `fake` (a folder of PNGs or an images.npz)."""
+    cfg = cfg or MetricsConfig()
+    imgs = fake if isinstance(fake, ImageSet) else open_images(fake)
+    dataset = None if Path(real).expanduser().exists() else parse_real(real)[0]
+    ext = _extractor_for(cfg, dataset)
+    summary = fd_against(real, imgs.batches(cfg.batch_size), imgs.n, cfg, ext)
+    summary["fake"] = imgs.describe()
+    if out is not None:
+        _write_fid_outputs(summary, imgs, Path(out))
+    return summary
+
+
+def _write_fid_outputs(summary: dict, imgs: ImageSet, out: Path) -> None:
+    import pandas as pd
+
+    from latentlab.io import save_csv, save_json
+    from latentlab.plots.recon import plot_samples
+
+    row = {"real": summary["real"].get("dataset", summary["real"].get("source")), "fake": imgs.source,
+           "n_real": summary["real"]["n"], "n_fake": summary["n_fake"], "extractor": summary["extractor"]["name"],
+           **{k: v for k, v in summary.items() if isinstance(v, float)}}
+    if "test_accuracy" in summary["extractor"]:
+        row["extractor_test_accuracy"] = summary["extractor"]["test_accuracy"]
+    save_csv(pd.DataFrame([row]), out / "fid.csv")
+    save_json(summary, out / "fid.json")
+    shown = np.unique(np.linspace(0, imgs.n - 1, min(64, imgs.n)).round().astype(int))  # spread over the set
+    plot_samples(imgs.uint8(shown), out / "samples", title=str(imgs.source))
+    summary["files"] = {"csv": str(out / "fid.csv"), "json": str(out / "fid.json"), "figure": str(out / "samples.png")}
+
+
+# ---------------------------------------------------------------- tokenizers: PSNR, SSIM, rFID
+
+def _default_out(run: str | Path, out: str | Path | None) -> Path:
+    if out is not None:
+        return Path(out)
+    if Path(run).expanduser().is_dir():
+        return Path(run).expanduser() / "eval"
+    raise LatentlabError(f"{run} is not a run directory; give --out")
+
+
+def eval_tokenizer(run: str | Path, cfg: MetricsConfig | None = None, out: str | Path | None = None,
+                   dataset: str | None = None, split: str = "test") -> dict:
+    """PSNR, SSIM and rFID (FD between reconstructions and originals) of a tokenizer on the held-out split.
+
+    Writes OUT/recon.csv (one row), OUT/recon_images.csv (per image) and OUT/recon_grid.png
+    (originals above reconstructions); OUT defaults to RUN/eval.
+    """
+    from latentlab.data import get_dataset, to_uint8
+    from latentlab.extract import open_tokenizer
+    from latentlab.metrics.fid import FeatureStats
+    from latentlab.metrics.recon import recon_metrics
+    from latentlab.models.tokenizers import reconstruct
+    from latentlab.utils import get_device, progress
+
+    cfg = cfg or MetricsConfig()
+    device = get_device(cfg.device)
+    out = _default_out(run, out)
+    model, info = open_tokenizer(run, cfg.weights, device)
+    dataset = dataset or info.get("dataset")
+    if not dataset:
+        raise LatentlabError(f"{run} does not record its dataset; give --dataset")
+    ds = get_dataset(dataset, split, image_size=info.get("image_size"))
+    ext = _extractor_for(cfg, dataset)
+    ref, _ = _reference(f"{dataset}:{split}", ext, cfg, ds.image_size)
+    acc, rows, shown = FeatureStats(), {"psnr": [], "ssim": []}, None
+    for x, _ in progress(ds.batches(cfg.batch_size), desc="reconstruct", total=-(-len(ds) // cfg.batch_size)):
+        r = reconstruct(model, x.to(device), cfg.batch_size).cpu()          # (B, C, H, W)
+        for k, v in recon_metrics(x, r).items():
+            rows[k].append(v.numpy())
+        acc.update(ext.extract(r)[0])
+        if shown is None:
+            shown = (to_uint8(x[:cfg.grid]), to_uint8(r[:cfg.grid]))
+    rec = GaussianStats.from_stats(acc)
+    name, _ = metric_names(ext, "r")
+    psnr, ssim = np.concatenate(rows["psnr"]), np.concatenate(rows["ssim"])
+    summary = {"tokenizer": info.get("name", str(run)), "run": str(run), "dataset": dataset, "split": split,
+               "n": len(ds), "metric": name, name: fd_between(ref, rec),
+               "psnr": float(np.mean(psnr)), "psnr_std": float(np.std(psnr)),
+               "ssim": float(np.mean(ssim)), "ssim_std": float(np.std(ssim)),
+               "checkpoint_hash": info.get("checkpoint_hash"), "extractor": ext.describe()}
+    _write_recon_outputs(summary, psnr, ssim, ds.labels, shown, out)
+    return summary
+
+
+def _write_recon_outputs(summary: dict, psnr: np.ndarray, ssim: np.ndarray, labels: np.ndarray,
+                         shown: tuple[np.ndarray, np.ndarray], out: Path) -> None:
+    import pandas as pd
+
+    from latentlab.io import save_csv, save_json
+    from latentlab.plots.recon import plot_recon_grid
+
+    ext = summary["extractor"]
+    row = {k: summary[k] for k in ("tokenizer", "dataset", "split", "n", "psnr", "psnr_std", "ssim", "ssim_std",
+                                   summary["metric"])}
+    row.update(extractor=ext["name"], extractor_test_accuracy=ext.get("test_accuracy"),
+               checkpoint_hash=summary["checkpoint_hash"])
+    save_csv(pd.DataFrame([row]), out / "recon.csv")
+    save_csv(pd.DataFrame({"index": np.arange(len(psnr)), "label": labels[:len(psnr)], "psnr": psnr, "ssim": ssim}),
+             out / "recon_images.csv")
+    save_json(summary, out / "recon.json")
+    plot_recon_grid(*shown, out / "recon_grid", title=f"{summary['tokenizer']} on {summary['dataset']}:{summary['split']}")
+    summary["files"] = {k: str(out / f) for k, f in (("csv", "recon.csv"), ("per_image", "recon_images.csv"),
+                                                     ("json", "recon.json"), ("figure", "recon_grid.png"))}
+
+
+# ---------------------------------------------------------------- SiT: gFID
+
+def default_n_samples(dataset: str) -> int:
+    """10,000 samples for the embedded datasets, 50,000 (the ImageNet convention) for everything else."""
+    return 10_000 if dataset.partition(":")[0] in EMBEDDED_DATASETS else 50_000
+
+
+def _sit_batches(model, rc: dict, decoder, labels: np.ndarray, cfg: MetricsConfig, device, keep: list
+                 ) -> Iterable[torch.Tensor]:
+    """Sample and decode chunk by chunk; chunk c uses seed + 1,000,003 c (chunk 0 = `latentlab sample --seed`)."""
+    from latentlab.data import to_tensor
+    from latentlab.sample import SampleConfig, decode_latents, sample_latents
+
+    for c, start in enumerate(range(0, len(labels), cfg.chunk)):
+        lab = labels[start:start + cfg.chunk]
+        scfg = SampleConfig(n=len(lab), cfg=cfg.cfg, steps=cfg.steps, sampler=cfg.sampler,
+                            seed=cfg.seed + 1_000_003 * c, batch_size=cfg.batch_size, weights=cfg.weights)
+        latents = sample_latents(model, lab, scfg, rc.get("normalization"))
+        images = decode_latents(decoder, latents, cfg.batch_size, device)    # (B, H, W, C) uint8
+        if not keep:
+            keep.append(images[:64])
+        for i in range(0, len(images), cfg.batch_size):
+            yield to_tensor(images[i:i + cfg.batch_size])                     # (b, C, H, W)
+
+
+def eval_sit(run: str | Path, cfg: MetricsConfig | None = None, out: str | Path | None = None) -> dict:
+    """gFID of a SiT run: sample N images (balanced classes), decode them, FD against the train split.
+
+    Writes OUT/gfid.csv, OUT/gfid.json and OUT/samples.png; OUT defaults to RUN/eval.
+    """
+    from latentlab.sample import _decoder_for, balanced_labels, load_sit
+    from latentlab.utils import get_device
+
+    cfg = cfg or MetricsConfig()
+    device = get_device(cfg.device)
+    out = _default_out(run, out)
+    model, rc = load_sit(run, cfg.weights, device)
+    prov = rc.get("latents", {})
+    dataset = prov.get("dataset")
+    if not dataset:
+        raise LatentlabError(f"{run} does not record the dataset of its latents; compute FD on `latentlab sample` "
+                             "output with `latentlab fid --real DATASET:train --fake OUT/images.npz`")
+    decoder, source = _decoder_for(prov)
+    if decoder is None:
+        raise LatentlabError(f"cannot decode samples of {run}: {source}; gFID needs images")
+    n = cfg.n or default_n_samples(dataset)
+    labels = balanced_labels(n, model.cfg.num_classes)
+    ext = _extractor_for(cfg, dataset)
+    shown: list = []
+    summary = fd_against(f"{dataset}:train", _sit_batches(model, rc, decoder, labels, cfg, device, shown), n, cfg,
+                         ext, prefix="g", image_size=prov.get("image_size"))
+    summary.update(run=str(run), dataset=dataset, decoder=source, n=n,
+                   sampling={k: getattr(cfg, k) for k in ("cfg", "steps", "sampler", "seed", "weights")})
+    _write_gfid_outputs(summary, shown[0], out)
+    return summary
+
+
+def _write_gfid_outputs(summary: dict, samples: np.ndarray, out: Path) -> None:
+    import pandas as pd
+
+    from latentlab.io import save_csv, save_json
+    from latentlab.plots.recon import plot_samples
+
+    ext = summary["extractor"]
+    row = {"run": summary["run"], "dataset": summary["dataset"], "n": summary["n"], **summary["sampling"],
+           **{k: v for k, v in summary.items() if isinstance(v, float)},
+           "extractor": ext["name"], "extractor_test_accuracy": ext.get("test_accuracy")}
+    save_csv(pd.DataFrame([row]), out / "gfid.csv")
+    save_json(summary, out / "gfid.json")
+    plot_samples(samples, out / "samples", title=f"{Path(summary['run']).name}: {summary['metric']} "
+                                                  f"{summary[summary['metric']]:.2f}")
+    summary["files"] = {k: str(out / f) for k, f in (("csv", "gfid.csv"), ("json", "gfid.json"),
+                                                     ("figure", "samples.png"))}
