@@ -208,10 +208,107 @@ def _maybe_resize(ds: ArrayImageDataset, image_size: int | None) -> ArrayImageDa
     return ArrayImageDataset(ds.name, ds.split, out, ds.labels, ds.class_names)
 
 
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+class _CifarUnpickler(__import__("pickle").Unpickler):
+    """Unpickles only what CIFAR-10 batches hold (dicts, lists, bytes, numpy arrays); anything else is refused."""
+
+    _ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+                ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+                ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise __import__("pickle").UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def load_cifar10(split: str = "train", root: str | None = None, image_size: int | None = None) -> ImageDataset:
+    """CIFAR-10 from the standard python-pickle folder (cifar-10-batches-py), 50,000/10,000 images at 32x32."""
+    import pickle
+
+    _check_split(split)
+    if root is None:
+        raise LatentlabError("cifar10 needs its folder: --dataset cifar10:/path/to/cifar-10-batches-py")
+    files = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    xs, ys = [], []
+    for name in files:
+        path = os.path.join(root, name)
+        if not os.path.isfile(path):
+            raise LatentlabError(f"{path} not found; point cifar10: at the extracted cifar-10-batches-py folder")
+        try:
+            with open(path, "rb") as f:
+                d = _CifarUnpickler(f, encoding="bytes").load()
+            xs.append(np.asarray(d[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            ys.append(np.asarray(d[b"labels"], dtype=np.int64))
+        except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as e:
+            raise LatentlabError(f"{path} is not a CIFAR-10 python batch ({type(e).__name__}); re-extract the archive") from None
+    ds = ArrayImageDataset("cifar10", split, np.concatenate(xs), np.concatenate(ys), CIFAR10_CLASSES)
+    return _maybe_resize(ds, image_size)
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+class ImageFolderDataset(ImageDataset):
+    """Class subfolders of image files (the ImageNet layout), RGB, resized (shorter side) and center-cropped."""
+
+    def __init__(self, root: str, split: str, image_size: int):
+        self.name, self.split, self.image_size, self.channels = "imagefolder", split, image_size, 3
+        has_split = os.path.isdir(os.path.join(root, split))
+        base = os.path.join(root, split) if has_split else root
+        if not os.path.isdir(base):
+            raise LatentlabError(f"image folder {base} not found; give imagefolder:/path/with/class/subfolders")
+        self.class_names = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))
+        self.files, labels = [], []
+        for c, cname in enumerate(self.class_names):
+            for fname in sorted(os.listdir(os.path.join(base, cname))):
+                if fname.lower().endswith(IMAGE_EXTENSIONS):
+                    self.files.append(os.path.join(base, cname, fname))
+                    labels.append(c)
+        if not self.files:
+            raise LatentlabError(f"no images found under {base}; expected CLASS/IMAGE files ({', '.join(IMAGE_EXTENSIONS)})")
+        self.labels = np.asarray(labels, dtype=np.int64)
+        if not has_split:  # one flat class folder: a fixed stratified 90/10 train/test split
+            tr, te = stratified_split(self.labels, 0.1, seed=0)
+            keep = tr if split == "train" else te
+            self.files, self.labels = [self.files[i] for i in keep], self.labels[keep]
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def load_uint8(self, i: int) -> np.ndarray:
+        """Image i as uint8 (S, S, 3): shorter side resized to S (bicubic), then center-cropped."""
+        from PIL import Image
+
+        s = self.image_size
+        with Image.open(self.files[i]) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            k = s / min(w, h)
+            im = im.resize((max(s, round(w * k)), max(s, round(h * k))), Image.BICUBIC)
+            left, top = (im.width - s) // 2, (im.height - s) // 2
+            return np.array(im.crop((left, top, left + s, top + s)))
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return to_tensor(self.load_uint8(i)), int(self.labels[i])
+
+
+def load_imagefolder(split: str = "train", root: str | None = None, image_size: int | None = None) -> ImageDataset:
+    """Any folder of class subfolders (ROOT/train/CLASS/*.jpg + ROOT/test/..., or ROOT/CLASS/* split 90/10), 256 px default."""
+    _check_split(split)
+    if root is None:
+        raise LatentlabError("imagefolder needs its folder: --dataset imagefolder:/path/to/images")
+    return ImageFolderDataset(root, split, image_size or 256)
+
+
 DATASETS: dict[str, Callable[..., ImageDataset]] = {
     "mnist5k": load_mnist5k,
     "digits": load_digits,
     "shapes": load_shapes,
+    "cifar10": load_cifar10,
+    "imagefolder": load_imagefolder,
 }
 
 
