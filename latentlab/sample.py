@@ -125,26 +125,24 @@ class PixelTokens(torch.nn.Module):
         return z.transpose(1, 2).reshape(z.shape[0], self.channels, self.size, self.size)  # (N, C, H, W)
 
 
-def _decoder_for(prov: dict):
-    """The tokenizer to decode through, a label for it, or (None, why not)."""
-    if prov.get("tokenizer_run"):
-        return _load_decoder(prov["tokenizer_run"]), prov["tokenizer_run"]
+def _decoder_for(prov: dict, device: torch.device):
+    """(decoder with .decode, its label), or (None, why decoding is skipped)."""
+    spec = prov.get("tokenizer_spec")
+    if spec:
+        from latentlab.extract import open_tokenizer
+
+        if not spec.startswith("diffusers:") and not Path(spec).exists():
+            raise LatentlabError(f"the tokenizer run {spec} recorded in the SiT config is gone; "
+                                 "restore it or pass --no-decode")
+        model, info = open_tokenizer(spec, prov.get("tokenizer_weights") or "ema", device)
+        want = prov.get("checkpoint_hash")
+        if want and info.get("checkpoint_hash") != want:
+            raise LatentlabError(f"the tokenizer {spec} changed since this SiT was trained (checkpoint hash "
+                                 f"{info.get('checkpoint_hash')} != {want}); retrain the SiT or pass --no-decode")
+        return model, spec
     if prov.get("tokenizer") == "pixels" and prov.get("image_size") and prov.get("channels"):
         return PixelTokens(prov["image_size"], prov["channels"]), "pixels"
     return None, "its latents were imported without a tokenizer run"
-
-
-def _load_decoder(run_path: str):
-    try:
-        from latentlab.models.tokenizers import load_tokenizer
-    except ImportError:
-        raise LatentlabError("decoding needs latentlab.models.tokenizers.load_tokenizer, which is not available; "
-                             "rerun with --no-decode") from None
-    if not Path(run_path).exists():
-        raise LatentlabError(f"the tokenizer run {run_path} recorded in the SiT config is gone; "
-                             "restore it or rerun with --no-decode")
-    tok = load_tokenizer(run_path)
-    return tok[0] if isinstance(tok, tuple) else tok
 
 
 @torch.no_grad()
@@ -169,7 +167,7 @@ def sample(run: str | Path, out: str | Path, cfg: SampleConfig | None = None) ->
     model, rc = load_sit(run, cfg.weights, device)
     labels = balanced_labels(cfg.n, model.cfg.num_classes, cfg.class_label)
     prov = rc.get("latents", {})
-    decoder, source = _decoder_for(prov) if cfg.decode else (None, "--no-decode was given")
+    decoder, source = _decoder_for(prov, device) if cfg.decode else (None, "--no-decode was given")
     t0 = time.time()
     latents = sample_latents(model, labels, cfg, rc.get("normalization"))
     summary = {"run": str(run), "out": str(out), "n": cfg.n, "sample_shape": list(latents.shape[1:]),

@@ -240,17 +240,29 @@ class SiTTask(TrainTask):
 
 # ---------------------------------------------------------------- the entry point
 
+def _tokenizer_spec(source: Path, store: LatentStore) -> tuple[str | None, str]:
+    """(spec for `extract.open_tokenizer`, weights) of the tokenizer that produced `store`, or (None, "")."""
+    tok = store.manifest.get("tokenizer")
+    if isinstance(tok, dict) and tok.get("run"):
+        return str(Path(tok["run"]).resolve()), tok.get("weights", "ema")
+    if isinstance(tok, dict) and tok.get("external") == "diffusers.AutoencoderKL" and tok.get("source"):
+        return f"diffusers:{tok['source']}", "ema"
+    if (source / "config.json").is_file() and (source / "model.safetensors").is_file():
+        return str(source.resolve()), "ema"
+    return None, ""
+
+
 def _provenance(tl, train: LatentStore, test: LatentStore | None) -> dict:
-    """Where the latents came from; `tokenizer_run` lets `sample` decode through the tokenizer."""
+    """Where the latents came from; `tokenizer_spec` lets `sample` decode through the tokenizer."""
     src = Path(tl.source)
-    is_run = (src / "config.json").is_file() and (src / "model.safetensors").is_file()
-    run = str(src.resolve()) if is_run else train.manifest.get("meta", {}).get("tokenizer_run")
+    spec, weights = _tokenizer_spec(src, train)
+    meta = train.manifest.get("meta", {})
+    tok = train.manifest.get("tokenizer")
     return {"name": tl.name, "source": str(src.resolve()), "train_store": str(train.path.resolve()),
             "test_store": str(test.path.resolve()) if test is not None else None,
-            "dataset": train.dataset, "tokenizer": train.manifest.get("tokenizer"),
-            "checkpoint_hash": train.manifest.get("checkpoint_hash"), "tokenizer_run": run,
-            "image_size": train.manifest.get("meta", {}).get("image_size"),
-            "channels": train.manifest.get("meta", {}).get("channels"),
+            "dataset": train.dataset, "tokenizer": tok if isinstance(tok, (str, type(None))) else dict(tok),
+            "checkpoint_hash": train.manifest.get("checkpoint_hash"), "tokenizer_spec": spec,
+            "tokenizer_weights": weights, "image_size": meta.get("image_size"), "channels": meta.get("channels"),
             "sample_shape": list(train.sample_shape), "layout": train.layout}
 
 
