@@ -1,0 +1,263 @@
+"""GMM NLL against the number of components (MAETok Fig. 2a): the `latentlab fit-gmm` pipeline.
+
+For each tokenizer: check the latents are finite, hold out a seeded random part of the
+train store, fit a PCA on the rest, keep one common dimension for all tokenizers (the
+smallest that gives each of them >= `pca_variance` explained variance, or `pca_dim`),
+z-score every kept dimension with the training part's statistics, then fit a Gaussian
+mixture for each K and record the negative mean log-likelihood (nats per sample) of the
+training and held-out parts. `nll_per_dim` divides the held-out NLL (the train NLL when
+nothing is held out) by the PCA dimension.
+
+`protocol="official"` swaps in the MAETok authors' released procedure (see
+`latentlab.analysis.gmm_official`). Outputs, written only when everything succeeded:
+gmm.csv (one row per tokenizer x K, columns `COLUMNS`), gmm.json (config, rows, PCA
+info) and nll_vs_components.png/.pdf.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from latentlab.errors import LatentlabError
+from latentlab.workspace import TokenizerLatents, resolve_tokenizers
+
+COLUMNS = ["tokenizer", "n_components", "pca_dim", "explained_variance", "train_nll", "heldout_nll", "nll_per_dim",
+           "bic", "aic", "n_iter", "converged", "seconds", "protocol"]
+COVARIANCES = ("full", "diag")
+PROTOCOLS = ("em", "official")
+REDUCERS = ("pca", "umap")
+
+
+@dataclass
+class FitGMMConfig:
+    """Every default of `fit-gmm` (the CLI options override these)."""
+
+    components: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200)
+    pca_variance: float = 0.90  # common dimension: each tokenizer keeps >= this explained variance
+    pca_dim: int | None = None  # fixed PCA dimension instead (official protocol: default official_dim)
+    covariance: str | None = None  # "full" | "diag"; None: full for em, diag for official
+    heldout: float = 0.2  # held-out fraction of the train store
+    protocol: str = "em"  # "em": latentlab's EM GaussianMixture; "official": the MAETok release (Adam)
+    reducer: str = "pca"  # "pca" | "umap" (umap only with the official protocol)
+    max_iter: int = 100  # EM iterations
+    n_init: int = 1  # EM restarts
+    tol: float = 1e-3  # EM: change of mean log-likelihood; official: change of the epoch's mean loss
+    reg_covar: float = 1e-6
+    init_params: str = "kmeans"
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int | None = None  # rows per streamed chunk (None: automatic)
+    official_dim: int = 100  # the released script reduces to 100 dimensions
+    official_epochs: int = 30  # the released script runs 2000 epochs; this default is sized for a CPU
+    official_lr: float = 1e-3
+    official_batch_size: int = 64
+    official_split_seed: int = 42
+
+
+def check_config(cfg: FitGMMConfig) -> FitGMMConfig:
+    """Validate `cfg` (one-line LatentlabErrors) and resolve protocol-dependent defaults."""
+    if cfg.protocol not in PROTOCOLS:
+        raise LatentlabError(f"unknown protocol {cfg.protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    if cfg.reducer not in REDUCERS:
+        raise LatentlabError(f"unknown reducer {cfg.reducer!r}; use one of {', '.join(REDUCERS)}")
+    if cfg.reducer == "umap" and cfg.protocol != "official":
+        raise LatentlabError("--reducer umap belongs to --protocol official; the em protocol reduces with PCA")
+    cov = cfg.covariance or ("diag" if cfg.protocol == "official" else "full")
+    if cov not in COVARIANCES:
+        raise LatentlabError(f"unknown covariance type {cov!r}; use one of {', '.join(COVARIANCES)}")
+    if cfg.protocol == "official" and cov != "diag":
+        raise LatentlabError("the official protocol fits diagonal GMMs; drop --covariance or use --covariance diag")
+    if not 0.0 < float(cfg.pca_variance) <= 1.0:
+        raise LatentlabError(f"--pca-variance must be in (0, 1]; got {cfg.pca_variance}")
+    if cfg.pca_dim is not None and int(cfg.pca_dim) < 1:
+        raise LatentlabError(f"--pca-dim must be >= 1; got {cfg.pca_dim}")
+    if not 0.0 <= float(cfg.heldout) < 1.0:
+        raise LatentlabError(f"--heldout must be in [0, 1); got {cfg.heldout}")
+    comps = tuple(int(k) for k in cfg.components)
+    if not comps or min(comps) < 1:
+        raise LatentlabError(f"--components must be integers >= 1; got {list(cfg.components)}")
+    for name in ("max_iter", "n_init", "official_epochs", "official_batch_size"):
+        if int(getattr(cfg, name)) < 1:
+            raise LatentlabError(f"{name} must be >= 1; got {getattr(cfg, name)}")
+    if cfg.batch_size is not None and int(cfg.batch_size) < 1:
+        raise LatentlabError(f"--batch-size must be >= 1; got {cfg.batch_size}")
+    return dataclasses.replace(cfg, covariance=cov, components=tuple(sorted(set(comps))))
+
+
+@dataclass
+class Features:
+    """One tokenizer's reduced, z-scored features: training and held-out rows (float32)."""
+
+    name: str
+    train: np.ndarray  # (n_train, k)
+    heldout: np.ndarray  # (n_heldout, k)
+    explained_variance: float  # of the kept dimensions (NaN for UMAP)
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class GMMCurves:
+    """The result of `fit_gmm_curves`: the table, per-tokenizer reduction info and the config."""
+
+    table: "pandas.DataFrame"  # noqa: F821
+    reduction: dict
+    config: dict
+    curves: dict
+    out: str | None = None
+
+    def summary(self) -> dict:
+        """JSON-able summary: files, dimension, and per tokenizer the K with the lowest held-out NLL."""
+        best = {}
+        for name, g in self.table.groupby("tokenizer", sort=False):
+            col = "heldout_nll" if g["heldout_nll"].notna().any() else "train_nll"
+            row = g.loc[g[col].idxmin()]
+            best[name] = {"best_k": int(row["n_components"]), f"best_{col}": float(row[col]),
+                          "explained_variance": float(row["explained_variance"])}
+        files = [str(Path(self.out) / f) for f in OUTPUT_FILES] if self.out else []
+        return {"out": self.out, "protocol": self.config["protocol"], "pca_dim": int(self.table["pca_dim"].iloc[0]),
+                "tokenizers": best, "files": files, "rows": self.table.to_dict("records")}
+
+
+OUTPUT_FILES = ("gmm.csv", "gmm.json", "nll_vs_components.png", "nll_vs_components.pdf")
+
+
+# ---------------------------------------------------------------- preparation
+
+def check_finite(toks: Sequence[TokenizerLatents]) -> None:
+    """Refuse latents holding NaN or inf, naming the tokenizer, the store and the row count."""
+    for t in toks:
+        bad = t.train.count_nonfinite()
+        if bad:
+            raise LatentlabError(f"tokenizer {t.name!r}: {bad} of {len(t.train)} latent rows in {t.train.path} "
+                                 f"contain NaN or inf; clean or drop them and re-import the store")
+
+
+def split_rows(n: int, heldout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded random (train, held-out) row indices, each sorted (so stores stream in order)."""
+    n_held = int(round(heldout * n))
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_held:]), np.sort(perm[:n_held])
+
+
+def _check_sizes(name: str, n_train: int, cfg: FitGMMConfig) -> None:
+    k = max(cfg.components)
+    if k > n_train:
+        raise LatentlabError(f"n_components={k} exceeds the {n_train} training rows of {name!r} "
+                             f"(after holding out {cfg.heldout:g}); lower --components or --heldout")
+
+
+def em_features(toks: Sequence[TokenizerLatents], cfg: FitGMMConfig) -> tuple[list[Features], dict]:
+    """Split, fit a PCA on each training part, pick the common dimension and z-score both parts."""
+    from latentlab.analysis.pca import PCA, common_dim
+    from latentlab.utils import progress
+
+    bs = cfg.batch_size or 8192
+    splits, pcas = {}, {}
+    for t in progress(toks, desc="PCA"):
+        tr, ho = split_rows(len(t.train), cfg.heldout, cfg.seed)
+        _check_sizes(t.name, len(tr), cfg)
+        splits[t.name] = (tr, ho)
+        pcas[t.name] = PCA(None, device=cfg.device, batch_size=bs).fit(t.train, indices=tr)
+    cd = common_dim(pcas, cfg.pca_variance, cfg.pca_dim)
+    feats = []
+    for t in toks:
+        p, (tr, ho) = pcas[t.name].select(cd.dim), splits[t.name]
+        z = lambda idx: p.transform(t.train, indices=idx, zscore=True).astype(np.float32)  # noqa: E731
+        info = {**p.info(), "own_dim": cd.own_dims[t.name], "n_train": len(tr), "n_heldout": len(ho),
+                "store": str(t.train.path), "source": t.source}
+        feats.append(Features(t.name, z(tr), z(ho) if len(ho) else np.zeros((0, cd.dim), np.float32),
+                              cd.explained_variance[t.name], info))
+    return feats, {"pca_dim": cd.dim, "rule": cd.rule, "own_dims": cd.own_dims,
+                   "explained_variance": cd.explained_variance}
+
+
+# ---------------------------------------------------------------- fitting
+
+def _em_row(f: Features, k: int, cfg: FitGMMConfig, show: bool) -> tuple[dict, dict]:
+    """Fit latentlab's EM GaussianMixture with K components; NLLs in nats per sample."""
+    from latentlab.analysis.gmm import ConvergenceWarning, GaussianMixture
+
+    gmm = GaussianMixture(k, covariance_type=cfg.covariance, tol=cfg.tol, reg_covar=cfg.reg_covar,
+                          max_iter=cfg.max_iter, n_init=cfg.n_init, init_params=cfg.init_params,
+                          random_state=cfg.seed, device=cfg.device, batch_size=cfg.batch_size, progress=show)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)  # recorded in the `converged` column
+        gmm.fit(f.train)
+    row = {"train_nll": -gmm.score(f.train),
+           "heldout_nll": -gmm.score(f.heldout) if len(f.heldout) else float("nan"),
+           "bic": gmm.bic(f.train), "aic": gmm.aic(f.train), "n_iter": int(gmm.n_iter_),
+           "converged": bool(gmm.converged_)}
+    return row, {"reg_covar": float(gmm.reg_covar_), "lower_bounds": [float(v) for v in gmm.lower_bounds_]}
+
+
+def fit_gmm_curves(tokenizers: Sequence[str] | Sequence[TokenizerLatents], config: FitGMMConfig | None = None,
+                   out: str | os.PathLike | None = None, dataset: str | None = None) -> GMMCurves:
+    """NLL of Gaussian mixtures against K for each tokenizer; writes gmm.csv/json and the figure to `out`."""
+    import pandas as pd
+
+    from latentlab.analysis import gmm_official
+    from latentlab.utils import progress, progress_enabled
+
+    cfg = check_config(config or FitGMMConfig())
+    toks = list(tokenizers)
+    if not toks or isinstance(toks[0], str):
+        toks = resolve_tokenizers(toks, dataset)
+    check_finite(toks)
+    if cfg.protocol == "official":
+        feats, reduction = gmm_official.official_features(toks, cfg)
+        fit_row = gmm_official.official_row
+    else:
+        feats, reduction = em_features(toks, cfg)
+        fit_row = _em_row
+    rows, curves = [], {}
+    bar = progress(total=len(feats) * len(cfg.components), desc="GMM", leave=True)
+    for f in feats:
+        for k in cfg.components:
+            bar.set_postfix(tokenizer=f.name, K=k)
+            t0 = time.perf_counter()
+            row, extra = fit_row(f, k, cfg, show=progress_enabled())
+            d = f.train.shape[1]
+            nll = row["heldout_nll"] if len(f.heldout) else row["train_nll"]
+            rows.append({"tokenizer": f.name, "n_components": k, "pca_dim": d,
+                         "explained_variance": f.explained_variance, **row, "nll_per_dim": nll / d,
+                         "seconds": time.perf_counter() - t0, "protocol": cfg.protocol})
+            curves.setdefault(f.name, {})[str(k)] = extra
+            bar.update(1)
+    bar.close()
+    table = pd.DataFrame(rows, columns=COLUMNS)
+    reduction["tokenizers"] = {f.name: f.info for f in feats}
+    result = GMMCurves(table, reduction, {**dataclasses.asdict(cfg), "components": list(cfg.components),
+                                          **gmm_official.protocol_notes(cfg)}, curves,
+                       str(out) if out is not None else None)
+    if out is not None:
+        write_outputs(result, out)
+    return result
+
+
+def write_outputs(result: GMMCurves, out: str | os.PathLike) -> None:
+    """gmm.csv, gmm.json and nll_vs_components.png/.pdf; a new `out` appears complete or not at all."""
+    from latentlab.io import atomic_dir, save_csv, save_json
+    from latentlab.plots.gmm import plot_nll_vs_components
+
+    def write(d: Path) -> None:
+        save_csv(result.table, d / "gmm.csv")
+        save_json({"config": result.config, "reduction": result.reduction, "rows": result.table.to_dict("records"),
+                   "curves": result.curves}, d / "gmm.json")
+        plot_nll_vs_components(result.table, d / "nll_vs_components.png")
+
+    out = Path(out)
+    if out.exists():
+        if not out.is_dir():
+            raise LatentlabError(f"--out {out} exists and is not a directory; choose another --out")
+        write(out)  # each file is replaced atomically; other files in `out` are kept
+    else:
+        with atomic_dir(out) as tmp:
+            write(tmp)

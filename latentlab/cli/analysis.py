@@ -1,0 +1,52 @@
+"""`latentlab fit-gmm`: GMM NLL against the number of components (MAETok Fig. 2a)."""
+
+from __future__ import annotations
+
+import click
+
+from latentlab.cli import cli
+from latentlab.cli.common import emit, json_option, parse_int_list, tokenizer_option
+
+
+def _text(s: dict) -> str:
+    lines = [f"protocol {s['protocol']}, PCA dimension {s['pca_dim']}; wrote {s['out']}"]
+    for name, b in s["tokenizers"].items():
+        key = next(k for k in b if k.startswith("best_") and k != "best_k")
+        lines.append(f"  {name}: explained variance {b['explained_variance']:.3f}, lowest "
+                     f"{key[5:].replace('_', ' ')} {b[key]:.4f} at K={b['best_k']}")
+    return "\n".join(lines)
+
+
+@cli.command("fit-gmm")
+@tokenizer_option
+@click.option("--components", default=None, metavar="K1,K2,..", help="Component counts to fit [1,2,5,10,20,50,100,200].")
+@click.option("--pca-variance", type=float, default=None, help="Explained variance every tokenizer keeps, in (0, 1] [0.9].")
+@click.option("--pca-dim", type=int, default=None, help="A fixed PCA dimension instead of --pca-variance.")
+@click.option("--covariance", default=None, metavar="full|diag", help="Covariance type [full; official: diag].")
+@click.option("--heldout", type=float, default=None, help="Held-out fraction of the train store [0.2].")
+@click.option("--out", required=True, type=click.Path(), help="Directory for gmm.csv, gmm.json and the figure.")
+@click.option("--protocol", type=click.Choice(["em", "official"]), default=None,
+              help="em: latentlab's EM; official: the MAETok release (Adam, softmax weights) [em].")
+@click.option("--reducer", type=click.Choice(["pca", "umap"]), default=None, help="Reduction for --protocol official [pca].")
+@click.option("--max-iter", type=int, default=None, help="EM iterations per fit [100].")
+@click.option("--n-init", type=int, default=None, help="EM restarts per fit [1].")
+@click.option("--epochs", "official_epochs", type=int, default=None, help="Adam epochs for --protocol official [30].")
+@click.option("--seed", type=int, default=None, help="Seed of the held-out split and the GMM init [0].")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N or auto [auto].")
+@click.option("--batch-size", type=int, default=None, help="Rows per streamed chunk [automatic].")
+@click.option("--dataset", default=None, help="Dataset whose latents a tokenizer run extracts.")
+@json_option
+def fit_gmm_cmd(tokenizers, components, out, dataset, as_json, **opts):
+    """Fit Gaussian mixtures to PCA-reduced latents and plot NLL against the number of components.
+
+    \b
+    latentlab fit-gmm --tokenizer workspace/stores/pixels --components 1,2,5,10,20,50 --out gmm-out
+    """
+    from latentlab.analysis.nll import FitGMMConfig, fit_gmm_curves
+    from latentlab.config import merge
+
+    overrides = {k: v for k, v in opts.items() if v is not None}
+    if components is not None:
+        overrides["components"] = tuple(parse_int_list(components, "--components"))
+    result = fit_gmm_curves(list(tokenizers), merge(FitGMMConfig(), overrides, "fit-gmm options"), out, dataset)
+    emit(result.summary(), as_json, _text)
