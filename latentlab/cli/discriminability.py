@@ -1,0 +1,78 @@
+"""`latentlab probe` (linear probe + structure metrics) and `latentlab umap`."""
+
+from __future__ import annotations
+
+import click
+
+from latentlab.analysis.embed import UmapConfig
+from latentlab.analysis.probe import ProbeConfig
+from latentlab.cli import cli
+from latentlab.cli.common import emit, json_option, tokenizer_option
+
+
+def _overrides(**kw) -> dict:
+    """The options the user gave (click passes None for the rest)."""
+    return {k: v for k, v in kw.items() if v is not None}
+
+
+@cli.command("probe")
+@tokenizer_option
+@click.option("--out", required=True, type=click.Path(), help="Directory for probe.csv and probe.png.")
+@click.option("--pool", type=click.Choice(["flatten", "mean"]), default=None,
+              help="Features: the flattened latent (T*C, default) or its mean over tokens (C).")
+@click.option("--epochs", type=int, default=None, help=f"Probe training passes (default {ProbeConfig.epochs}).")
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default=None, help=f"Probe optimizer (default {ProbeConfig.optimizer}).")
+@click.option("--lr", type=float, default=None, help="Peak learning rate of the cosine schedule (default 1e-3 AdamW, 0.1*batch/256 SGD).")
+@click.option("--batch-size", type=int, default=None, help=f"Probe mini-batch size (default {ProbeConfig.batch_size}).")
+@click.option("--device", default=None, help="cpu, cuda, cuda:N or auto (default).")
+@click.option("--seed", type=int, default=None, help="Seed of the probe, the holdout split and metric subsamples.")
+@click.option("--gmm", "gmm_csv", type=click.Path(), default=None, help="A gmm.csv from `latentlab fit-gmm` to join in.")
+@click.option("--gmm-k", type=int, default=None, help="The number of GMM components whose held-out NLL to report.")
+@json_option
+def probe_cmd(tokenizers, out, pool, epochs, optimizer, lr, batch_size, device, seed, gmm_csv, gmm_k, as_json):
+    """Linear probe (MAE protocol) and structure metrics of each tokenizer's latents.
+
+    Trains BatchNorm1d(affine=False) + Linear on frozen train latents, evaluates on the test
+    store (or a stratified 20% holdout, seeded), and measures DINO weighted kNN accuracy
+    (k=20, T=0.07), silhouette / Calinski-Harabasz / Davies-Bouldin, the Fisher ratio
+    tr(S_B)/tr(S_W) and RankMe effective rank. Writes OUT/probe.csv and OUT/probe.png.
+
+    \b
+    latentlab probe --tokenizer ae=workspace/stores/ae --tokenizer maetok=RUN --out out/probe
+    """
+    from latentlab.analysis.discriminability import DiscriminabilityConfig, run_probe, summary_text
+    from latentlab.config import merge
+    from latentlab.workspace import resolve_tokenizers
+
+    probe = _overrides(epochs=epochs, optimizer=optimizer, lr=lr, batch_size=batch_size, device=device, seed=seed)
+    cfg = merge(DiscriminabilityConfig(), {**_overrides(pool=pool, gmm_csv=gmm_csv, gmm_k=gmm_k), "probe": probe},
+                "probe options")
+    summary = run_probe(resolve_tokenizers(tokenizers), out, cfg)
+    emit(summary, as_json, summary_text)
+
+
+@cli.command("umap")
+@tokenizer_option
+@click.option("--out", required=True, type=click.Path(), help="Directory for umap.csv and umap.png.")
+@click.option("--n", type=int, default=None, help=f"Class-balanced subsample size per tokenizer (default {UmapConfig.n}).")
+@click.option("--seed", type=int, default=None,
+              help=f"Seed of the subsample and UMAP (default {UmapConfig.seed}). A seed makes umap-learn single-threaded.")
+@click.option("--pca-dim", type=int, default=None, help=f"PCA dimensions before UMAP (default {UmapConfig.pca_dim}; 0 skips PCA).")
+@click.option("--pool", type=click.Choice(["flatten", "mean"]), default=None, help="Flattened latents or token means.")
+@json_option
+def umap_cmd(tokenizers, out, n, seed, pca_dim, pool, as_json):
+    """2-D UMAP of each tokenizer's latents, coloured by class (MAETok Figure 4).
+
+    A class-balanced subsample of the train latents, PCA to 50 dimensions, then umap-learn
+    with random_state=SEED, so the same seed gives the same umap.csv (umap-learn is then
+    single-threaded). Writes OUT/umap.csv (tokenizer, index, label, x, y) and OUT/umap.png.
+    """
+    from latentlab.analysis.embed import UmapConfig, run_umap
+    from latentlab.config import merge
+    from latentlab.workspace import resolve_tokenizers
+
+    cfg = merge(UmapConfig(), _overrides(n=n, seed=seed, pca_dim=pca_dim, pool=pool), "umap options")
+    summary = run_umap(resolve_tokenizers(tokenizers), out, cfg)
+    emit(summary, as_json, lambda s: "\n".join(
+        [f"{k}: {v['n']} points, {v['classes']} classes" for k, v in s["tokenizers"].items()]
+        + [f"wrote {s['csv']} and {s['png']}"]))
