@@ -34,7 +34,6 @@ class Source:
             self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
             self.n = len(self.store) if self.indices is None else len(self.indices)
             self.dim = self.store.dim
-            self.exact64 = False
         else:
             if isinstance(data, torch.Tensor):
                 x = data.detach()
@@ -55,7 +54,6 @@ class Source:
             self.x = x
             self.indices = None
             self.n, self.dim = int(x.shape[0]), int(x.shape[1])
-            self.exact64 = x.dtype in (np.float64, torch.float64)
         self.shift = torch.zeros(self.dim, dtype=torch.float64, device=device)
         self.shift32 = self.shift.float()
 

@@ -19,6 +19,7 @@ Differences from `sklearn.mixture.GaussianMixture` (everything else matches it, 
 
 from __future__ import annotations
 
+import inspect
 import math
 import warnings
 from dataclasses import dataclass
@@ -84,6 +85,20 @@ class GaussianMixture:
         self.reg_covar_max = reg_covar_max
         self.progress = progress
         self.compute_dtype = compute_dtype
+
+    def get_params(self, deep: bool = True) -> dict:
+        """The constructor parameters (sklearn's estimator protocol)."""
+        return {name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters
+                if name != "self"}
+
+    def set_params(self, **params) -> "GaussianMixture":
+        """Change constructor parameters; unknown names are an error."""
+        valid = self.get_params()
+        for name, value in params.items():
+            if name not in valid:
+                raise GMMError(f"unknown parameter {name!r} for GaussianMixture; valid: {', '.join(valid)}")
+            setattr(self, name, value)
+        return self
 
     # ------------------------------------------------------------ validation
     def _check_parameters(self) -> None:
