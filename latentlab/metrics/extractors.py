@@ -16,6 +16,7 @@ Inception-score variant when it is a classifier; `identity()` (with a weights ha
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Callable
 
@@ -54,25 +55,28 @@ class FeatureExtractor:
         raise NotImplementedError
 
     def prepare(self, images: torch.Tensor) -> torch.Tensor:
-        """Fit images (N, C, H, W) in [-1, 1] to the network's channel count and size."""
-        x = images.to(self.device, torch.float32)
-        if self.channels == 3 and x.shape[1] == 1:
-            x = x.expand(-1, 3, -1, -1)                                       # gray -> RGB
-        elif self.channels == 1 and x.shape[1] == 3:
-            w = torch.tensor([0.299, 0.587, 0.114], device=x.device).view(1, 3, 1, 1)
-            x = (x * w).sum(1, keepdim=True)                                  # RGB -> luma (ITU-R 601)
-        elif self.channels is not None and x.shape[1] != self.channels:
-            raise LatentlabError(f"the {self.name} extractor takes {self.channels}-channel images, got {x.shape[1]}")
-        if self.image_size is not None and tuple(x.shape[-2:]) != (self.image_size, self.image_size):
-            x = F.interpolate(x, size=(self.image_size, self.image_size), mode="bilinear",
-                              align_corners=False, antialias=True)              # (N, C, S, S)
-        return x
+        """Fit images (N, C, H, W) in [-1, 1] to the network's channel count and size, on its device."""
+        return fit_images(images.to(self.device, torch.float32), self.channels, self.image_size, self.name)
 
     @torch.no_grad()
     def extract(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(features (N, D), logits (N, K) or None) as float32 on CPU."""
         feats, logits = self._forward(self.prepare(images))
         return feats.float().cpu(), (None if logits is None else logits.float().cpu())
+
+
+def fit_images(x: torch.Tensor, channels: int | None, size: int | None, who: str = "extractor") -> torch.Tensor:
+    """Convert images (N, C, H, W) to `channels` (gray <-> RGB) and bilinearly (antialiased) to size x size."""
+    if channels == 3 and x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)                                           # gray -> RGB
+    elif channels == 1 and x.shape[1] == 3:
+        w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        x = (x * w).sum(1, keepdim=True)                                      # RGB -> luma (ITU-R 601)
+    elif channels is not None and x.shape[1] != channels:
+        raise LatentlabError(f"the {who} extractor takes {channels}-channel images, got {x.shape[1]}")
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x                                                                  # (N, channels, size, size)
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -194,7 +198,9 @@ class TorchScriptExtractor(FeatureExtractor):
         if not p.is_file():
             raise LatentlabError(f"TorchScript extractor not found: {p}; save one with torch.jit.save")
         try:
-            self.net = torch.jit.load(str(p), map_location=self.device).eval()
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)   # torch >= 2.9 deprecates TorchScript
+                self.net = torch.jit.load(str(p), map_location=self.device).eval()
         except Exception as e:
             raise LatentlabError(f"{p} is not a TorchScript file ({type(e).__name__}); save it with torch.jit.save") from None
         self.path, self.weights_hash = str(p), file_hash(p)

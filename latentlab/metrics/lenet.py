@@ -25,6 +25,9 @@ from latentlab.io import atomic_dir, file_hash, load_json, load_safetensors, obj
 from latentlab.utils import info, progress
 
 
+MIN_SIZE = 16
+
+
 @dataclass
 class LeNetConfig:
     """Architecture and training recipe of the lenet extractor (part of its cache key)."""
@@ -32,6 +35,7 @@ class LeNetConfig:
     width: int = 8           # channels of the first conv (the second has 2x)
     feature_dim: int = 128   # penultimate width: the FD-lenet feature dimension
     epochs: int = 5
+    min_steps: int = 300     # small datasets get more epochs, up to this many optimiser steps
     batch_size: int = 64
     lr: float = 2e-3
     weight_decay: float = 1e-4
@@ -41,7 +45,7 @@ class LeNetConfig:
 
 
 class LeNet(nn.Module):
-    """conv5-pool-conv5-pool-fc(feature_dim)-fc(classes); works at any input size >= 12."""
+    """conv5-pool-conv5-pool-fc(feature_dim)-fc(classes) on images of `image_size` >= 12 pixels."""
 
     def __init__(self, channels: int, num_classes: int, image_size: int, width: int = 16, feature_dim: int = 128):
         super().__init__()
@@ -94,21 +98,27 @@ def train_lenet(dataset: str, image_size: int | None = None, config: LeNetConfig
     """Train a LeNet on `dataset`'s train split with a fixed seed; returns (model, record with test accuracy)."""
     from latentlab.data import get_dataset
 
+    from latentlab.metrics.extractors import fit_images
+
     cfg = config or LeNetConfig()
     train = get_dataset(dataset, "train", image_size=image_size)
     test = get_dataset(dataset, "test", image_size=image_size)
+    size = input_size(train.image_size)
     n = len(train) if cfg.max_train is None else min(cfg.max_train, len(train))
     x, y = train.get_batch(np.arange(n))                     # (N, C, H, W), (N,)
     xt, yt = test.get_batch(np.arange(len(test)))
+    x, xt = fit_images(x, None, size), fit_images(xt, None, size)   # small images are upsampled, as at use
     gen = torch.Generator().manual_seed(cfg.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
-        model = LeNet(train.channels, train.num_classes, train.image_size, cfg.width, cfg.feature_dim)
+        model = LeNet(train.channels, train.num_classes, size, cfg.width, cfg.feature_dim)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * ((n + cfg.batch_size - 1) // cfg.batch_size)
+    per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size
+    epochs = max(cfg.epochs, -(-cfg.min_steps // per_epoch))
+    steps = epochs * per_epoch
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1))
     t0 = time.time()
-    for _ in progress(range(cfg.epochs), desc="training lenet extractor"):
+    for _ in progress(range(epochs), desc="training lenet extractor"):
         model.train()
         order = torch.randperm(n, generator=gen)
         for i in range(0, n, cfg.batch_size):
@@ -120,11 +130,16 @@ def train_lenet(dataset: str, image_size: int | None = None, config: LeNetConfig
             opt.step()
             sched.step()
     model.eval()
-    record = {"extractor": "lenet", "dataset": dataset, "image_size": train.image_size,
+    record = {"extractor": "lenet", "dataset": dataset, "image_size": size, "data_image_size": train.image_size,
               "channels": train.channels, "num_classes": train.num_classes, "config": asdict(cfg),
-              "n_train": n, "test_accuracy": accuracy(model, xt, yt), "n_test": len(test),
+              "n_train": n, "epochs": epochs, "test_accuracy": accuracy(model, xt, yt), "n_test": len(test),
               "train_seconds": round(time.time() - t0, 2)}
     return model, record
+
+
+def input_size(image_size: int) -> int:
+    """The lenet's input size: the data's size, upsampled to at least MIN_SIZE (16) pixels."""
+    return max(int(image_size), MIN_SIZE)
 
 
 def _slug(spec: str) -> str:
