@@ -138,7 +138,7 @@ def precision_cholesky(cov: torch.Tensor, full: bool) -> tuple[torch.Tensor, tor
     """(upper Cholesky factor U of each precision, Lambda = U U^T; bool mask of failed components)."""
     if full:
         chol, info = torch.linalg.cholesky_ex(cov)  # (K, D, D) lower
-        eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device).expand_as(cov)
+        eye = torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device).expand_as(cov).contiguous()
         prec = torch.linalg.solve_triangular(chol, eye, upper=False).transpose(1, 2)  # (K, D, D) upper
         bad = (info != 0) | ~torch.isfinite(prec).flatten(1).all(1)
         return torch.where(bad[:, None, None], eye, prec), bad
@@ -164,7 +164,7 @@ def covariances_from_precision_cholesky(prec_chol: torch.Tensor, full: bool) -> 
     if not full:
         return 1.0 / prec_chol**2
     eye = torch.eye(prec_chol.shape[-1], dtype=prec_chol.dtype, device=prec_chol.device).expand_as(prec_chol)
-    inv = torch.linalg.solve_triangular(prec_chol, eye, upper=True)  # U^{-1}
+    inv = torch.linalg.solve_triangular(prec_chol, eye.contiguous(), upper=True)  # U^{-1}
     return inv.transpose(1, 2) @ inv
 
 

@@ -128,6 +128,10 @@ def run_probe(tokenizers: list[TokenizerLatents], out: str | os.PathLike,
     cfg = cfg or DiscriminabilityConfig()
     _check_config(cfg)
     gmm_nll = gmm_nll_lookup(cfg.gmm_csv, int(cfg.gmm_k)) if cfg.gmm_csv is not None else None
+    for tok in tokenizers:  # fail on bad labels before any work
+        check_labels(tok.train, f"tokenizer {tok.name!r} ({tok.train.path})")
+        if tok.test is not None:
+            check_labels(tok.test, f"tokenizer {tok.name!r} test store ({tok.test.path})")
     rows = []
     for tok in progress(tokenizers, desc="tokenizers", total=len(tokenizers), leave=True):
         rows.append(discriminability_row(tok, cfg, gmm_nll))

@@ -2,11 +2,18 @@
 
 Differences from `sklearn.mixture.GaussianMixture` (everything else matches it, see tests/test_gmm.py):
 - `fit` also takes a torch tensor or a LatentStore (streamed, optionally a subset `indices`), and
-  each EM iteration streams the data in chunks of `batch_size` rows; sufficient statistics
-  accumulate in float64, so memory is O(batch_size*K*D + K*D^2). Under torch.distributed each rank
-  streams its part of the (full) data and the statistics are all-reduced.
+  each EM iteration streams the data in chunks of `batch_size` rows (None: chosen from K*D and the
+  device); sufficient statistics accumulate in float64, so memory is O(batch_size*K*D + K*D^2).
+- Under torch.distributed, pass every rank the *full* data (the same array or store): each rank
+  streams its contiguous 1/world_size part and the statistics are all-reduced, so `fit`, `score`,
+  `bic` and `aic` equal the single-process results; the initialisation is computed identically on
+  every rank and broadcast from rank 0. `score_samples`, `predict` and `predict_proba` return all
+  rows on every rank.
 - The per-chunk products run in float32 on the data centred on each component's mean (see
-  `_gmm_math`); scores agree with sklearn to ~1e-6 relative.
+  `_gmm_math`); scores agree with sklearn to ~1e-8 relative from the same init (tests hold 1e-5).
+  `compute_dtype="float64"` makes them float64 (as exact as sklearn, slower). From a chaotic start
+  (many overlapping components) EM amplifies any round-off, in float32 as between BLAS builds.
+- `device` None means CUDA when available, else CPU. `progress=True` shows a bar over EM iterations.
 - Covariance types "full" and "diag" only.
 - "kmeans" init runs torch k-means (greedy k-means++ seeds, then Lloyd iterations streamed over all
   rows, sklearn's tolerance); the seeds, and the "k-means++" init, come from a random subsample of at

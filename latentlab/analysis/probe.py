@@ -29,8 +29,8 @@ class ProbeConfig:
     """Linear-probe training settings (the defaults reach sklearn's LogisticRegression accuracy, see benchmarks/)."""
 
     epochs: int = 10
-    optimizer: str = "adamw"
-    lr: float | None = None  # None: 1e-3 for AdamW, 0.1 for SGD (scaled by batch_size / 256)
+    optimizer: str = "sgd"  # SGD with momentum 0.9; or "adamw"
+    lr: float | None = None  # None: 0.1 * batch_size / 256 for SGD, 1e-2 for AdamW
     weight_decay: float = 1e-4
     batch_size: int = 256
     warmup_epochs: float = 0.0
@@ -54,10 +54,10 @@ class LinearProbe(nn.Module):
 
 
 def default_lr(cfg: ProbeConfig) -> float:
-    """The base learning rate: cfg.lr, else 1e-3 (AdamW) or 0.1 * batch_size / 256 (SGD)."""
+    """The peak learning rate: cfg.lr, else 0.1 * batch_size / 256 (SGD) or 1e-2 (AdamW)."""
     if cfg.lr is not None:
         return float(cfg.lr)
-    return 1e-3 if cfg.optimizer == "adamw" else 0.1 * cfg.batch_size / 256
+    return 1e-2 if cfg.optimizer == "adamw" else 0.1 * cfg.batch_size / 256
 
 
 def cosine_lr(base: float, progress_frac: float, warmup_frac: float = 0.0) -> float:
