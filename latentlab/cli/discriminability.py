@@ -21,8 +21,10 @@ def _overrides(**kw) -> dict:
 @click.option("--pool", type=click.Choice(["flatten", "mean"]), default=None,
               help="Features: the flattened latent (T*C, default) or its mean over tokens (C).")
 @click.option("--epochs", type=int, default=None, help=f"Probe training passes (default {ProbeConfig.epochs}).")
-@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default=None, help=f"Probe optimizer (default {ProbeConfig.optimizer}).")
-@click.option("--lr", type=float, default=None, help="Peak learning rate of the cosine schedule (default 1e-3 AdamW, 0.1*batch/256 SGD).")
+@click.option("--optimizer", type=click.Choice(["adamw", "sgd"]), default=None,
+              help=f"Probe optimizer (default {ProbeConfig.optimizer}).")
+@click.option("--lr", type=float, default=None,
+              help="Peak learning rate of the cosine schedule (default 0.1*batch/256 SGD, 1e-2 AdamW).")
 @click.option("--batch-size", type=int, default=None, help=f"Probe mini-batch size (default {ProbeConfig.batch_size}).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or auto (default).")
 @click.option("--seed", type=int, default=None, help="Seed of the probe, the holdout split and metric subsamples.")
