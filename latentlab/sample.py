@@ -122,6 +122,7 @@ class PixelTokens(torch.nn.Module):
         self.size, self.channels = int(image_size), int(channels)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Tokens (N, H*W, C) -> images (N, C, H, W)."""
         return z.transpose(1, 2).reshape(z.shape[0], self.channels, self.size, self.size)  # (N, C, H, W)
 
 

@@ -133,6 +133,7 @@ class HeldOut:
 
     @property
     def n(self) -> int:
+        """Number of held-out latents."""
         return len(self.indices)
 
     def noise(self, k: int) -> torch.Tensor:

@@ -107,7 +107,8 @@ class TokenEmbed(nn.Module):
         return self.proj(x) + self.pos  # (N, T, D)
 
     def unembed(self, x: torch.Tensor) -> torch.Tensor:
-        return x  # (N, T, C): the final layer already outputs C per token
+        """Final-layer output back to the sample shape (identity: it is already (N, T, C))."""
+        return x
 
 
 class GridEmbed(nn.Module):
@@ -124,6 +125,7 @@ class GridEmbed(nn.Module):
         return self.patch(x) + self.pos  # (N, L, D)
 
     def unembed(self, x: torch.Tensor) -> torch.Tensor:
+        """Final-layer output (N, L, p*p*C) back to the grid (N, C, H, W)."""
         return unpatchify(x, self.p, self.c, self.h, self.w)  # (N, L, p*p*C) -> (N, C, H, W)
 
 
