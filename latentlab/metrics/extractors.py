@@ -84,14 +84,24 @@ def _to_uint8(x: torch.Tensor) -> torch.Tensor:
     return ((x.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
 
 
+WEIGHTS_HINT = {
+    "inception": (f"its weights ({INCEPTION_WEIGHTS}, 92 MB) are downloaded on first use into "
+                  "$TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints); offline, copy the file "
+                  "there or pass --extractor inception:PATH"),
+    "dinov2": ("its code and weights come through torch.hub into $TORCH_HOME/hub (default ~/.cache/torch/hub: "
+               "facebookresearch_dinov2_main/ and checkpoints/dinov2_*_pretrain.pth); offline, copy them there"),
+}
+
+
 def _import_fidelity(what: str):
     """Import torch_fidelity lazily, turning any failure into an install hint."""
     try:
         import torch_fidelity  # noqa: F401
         return torch_fidelity
     except Exception as e:  # ImportError, or torchvision failing to load its operators
+        why = str(e).splitlines()[0] if str(e) else ""
         raise LatentlabError(f"the {what} extractor needs torch-fidelity, which could not be imported "
-                             f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); {FIDELITY_HINT}; "
+                             f"({type(e).__name__}: {why}); {FIDELITY_HINT}; {WEIGHTS_HINT[what]}; "
                              "or use --extractor lenet (FD-lenet, offline) or torchscript:PATH") from None
 
 
@@ -114,10 +124,8 @@ class InceptionExtractor(FeatureExtractor):
             self.net = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"],
                                                    feature_extractor_weights_path=weights).to(self.device).eval()
         except Exception as e:
-            raise LatentlabError(f"could not load the Inception weights ({type(e).__name__}); torch-fidelity "
-                                 f"downloads {INCEPTION_WEIGHTS} into $TORCH_HOME/hub/checkpoints "
-                                 "(~/.cache/torch/hub/checkpoints); offline, copy it there or pass "
-                                 "--extractor inception:PATH") from None
+            raise LatentlabError(f"could not load the Inception weights ({type(e).__name__}); "
+                                 f"{WEIGHTS_HINT['inception']}") from None
 
     def identity(self) -> dict:
         return {"name": "inception-v3-compat", "weights": self.weights_hash, "features": "2048"}
@@ -145,9 +153,8 @@ class DinoV2Extractor(FeatureExtractor):
         try:
             self.net = FeatureExtractorDinoV2(f"dinov2-{variant}", ["dinov2"]).to(self.device).eval()
         except Exception as e:
-            raise LatentlabError(f"could not load DINOv2 {variant} ({type(e).__name__}); torch.hub fetches "
-                                 "facebookresearch/dinov2 and its weights into $TORCH_HOME/hub (~/.cache/torch/hub); "
-                                 "offline, copy that folder there first") from None
+            raise LatentlabError(f"could not load DINOv2 {variant} ({type(e).__name__}); "
+                                 f"{WEIGHTS_HINT['dinov2']}") from None
 
     def identity(self) -> dict:
         return {"name": f"dinov2-{self.variant}", "weights": "torch.hub:facebookresearch/dinov2"}

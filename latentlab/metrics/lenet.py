@@ -5,11 +5,12 @@ embedded data). Its penultimate activations give "FD-lenet" (never "FID"), its s
 "IS-lenet", and its test accuracy is stored with it so a reader can judge it.
 
 Trained once per (dataset, image size, training config) with a fixed seed, and cached as
-WORKSPACE/extractors/lenet-<dataset>-<size>px-<config hash>/{model.safetensors, lenet.json}.
+WORKSPACE/extractors/lenet-<dataset>-<native|SIZEpx>-<config hash>/{model.safetensors, lenet.json}.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from dataclasses import asdict, dataclass
@@ -93,14 +94,29 @@ def accuracy(model: LeNet, images: torch.Tensor, labels: torch.Tensor, batch_siz
     return hits / max(len(images), 1)
 
 
+@contextlib.contextmanager
+def _one_thread():
+    """Run on one intra-op thread: the same float sums on any machine (so the seed fixes the weights),
+    and no synchronisation cost, which for a net this small outweighs any gain from threads."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
 def train_lenet(dataset: str, image_size: int | None = None, config: LeNetConfig | None = None
                 ) -> tuple[LeNet, dict]:
     """Train a LeNet on `dataset`'s train split with a fixed seed; returns (model, record with test accuracy)."""
-    from latentlab.data import get_dataset
+    with _one_thread():
+        return _train(dataset, image_size, config or LeNetConfig())
 
+
+def _train(dataset: str, image_size: int | None, cfg: LeNetConfig) -> tuple[LeNet, dict]:
+    from latentlab.data import get_dataset
     from latentlab.metrics.extractors import fit_images
 
-    cfg = config or LeNetConfig()
     train = get_dataset(dataset, "train", image_size=image_size)
     test = get_dataset(dataset, "test", image_size=image_size)
     size = input_size(train.image_size)
@@ -149,22 +165,20 @@ def _slug(spec: str) -> str:
     return f"{base}-{obj_hash(root, 8)}" if root else base
 
 
-def lenet_dir(cache_root: Path, dataset: str, image_size: int, config: LeNetConfig) -> Path:
-    """Where the lenet for (dataset, image size, config) is cached."""
-    return Path(cache_root) / f"lenet-{_slug(dataset)}-{image_size}px-{obj_hash(asdict(config), 10)}"
+def lenet_dir(cache_root: Path, dataset: str, image_size: int | None, config: LeNetConfig) -> Path:
+    """Where the lenet for (dataset, image size or 'native', config) is cached."""
+    size = "native" if image_size is None else f"{image_size}px"
+    return Path(cache_root) / f"lenet-{_slug(dataset)}-{size}-{obj_hash(asdict(config), 10)}"
 
 
 def load_or_train_lenet(dataset: str, cache_root: Path, image_size: int | None = None,
                         config: LeNetConfig | None = None) -> tuple[LeNet, dict]:
     """The cached lenet for `dataset` (trained and cached on first use); returns (model, record)."""
-    from latentlab.data import get_dataset
-
     cfg = config or LeNetConfig()
-    size = image_size or get_dataset(dataset, "test").image_size
-    path = lenet_dir(cache_root, dataset, size, cfg)
+    path = lenet_dir(cache_root, dataset, image_size, cfg)
     if not (path / "model.safetensors").is_file():
-        info(f"training the lenet feature extractor on {dataset} ({size}px); cached in {path}")
-        model, record = train_lenet(dataset, size, cfg)
+        info(f"training the lenet feature extractor on {dataset}; cached in {path}")
+        model, record = train_lenet(dataset, image_size, cfg)
         with atomic_dir(path) as tmp:
             save_safetensors(model.state_dict(), tmp / "model.safetensors")
             record["weights_hash"] = file_hash(tmp / "model.safetensors")
