@@ -56,7 +56,7 @@ def test_streamed_store_features_match_in_memory(tmp_path, rng):
     x = x.reshape(900, 3, 4)
     st = LatentStore.create(tmp_path / "s", x, y, shard_size=200)
     idx = np.sort(rng.choice(900, 500, replace=False))
-    streamed = Features(st, idx, "flatten", max_bytes=0, chunk_rows=128)
+    streamed = Features(st, idx, "flatten", max_bytes=0, chunk_rows=128, block_rows=16)
     assert not streamed.in_memory
     got = [(a.numpy(), b.numpy()) for a, b in streamed.chunks(np.random.default_rng(0))]
     xs = np.concatenate([a for a, _ in got])

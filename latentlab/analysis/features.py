@@ -3,7 +3,7 @@
 A sample of shape (T, C) ("tokens" layout) or (C, H, W) ("grid" layout) becomes one vector:
 `flatten` keeps every value (T*C), `mean` averages over tokens / spatial positions (C).
 Small feature sets are read into memory once; large ones (ImageNet: 1.28M x 4096) are
-streamed from the memory-mapped shards in chunks, the chunk order shuffled per pass.
+streamed from the memory-mapped shards in chunks of shuffled contiguous blocks, per pass.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from latentlab.latents import LatentStore
 POOLS = ("flatten", "mean")
 DEFAULT_MAX_BYTES = 4 << 30  # in-memory limit for one feature set (float32)
 DEFAULT_CHUNK_ROWS = 65536
+DEFAULT_BLOCK_ROWS = 1024  # contiguous rows read at once when streaming
 
 
 def pool_features(x: np.ndarray, layout: str, pool: str) -> np.ndarray:
@@ -63,10 +64,11 @@ class Features:
     """
 
     def __init__(self, store: LatentStore | None, indices: np.ndarray | None = None, pool: str = "flatten",
-                 max_bytes: int = DEFAULT_MAX_BYTES, chunk_rows: int = DEFAULT_CHUNK_ROWS):
+                 max_bytes: int = DEFAULT_MAX_BYTES, chunk_rows: int = DEFAULT_CHUNK_ROWS,
+                 block_rows: int = DEFAULT_BLOCK_ROWS):
         if pool not in POOLS:
             raise LatentlabError(f"unknown pool {pool!r}; use one of {', '.join(POOLS)}")
-        self.store, self.pool, self.chunk_rows = store, pool, int(chunk_rows)
+        self.store, self.pool, self.chunk_rows, self.block_rows = store, pool, int(chunk_rows), int(block_rows)
         self._x: torch.Tensor | None = None
         if store is None:
             return
@@ -105,20 +107,28 @@ class Features:
     def chunks(self, rng: np.random.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (x (m, D) float32, y (m,) int64) tensors covering every row once.
 
-        In memory: one chunk of everything. Streamed: chunks of `chunk_rows` rows, in a
-        shuffled order when `rng` is given (shuffle rows within a chunk yourself).
+        In memory: one chunk of everything. Streamed: chunks of about `chunk_rows` rows made of
+        contiguous blocks of `block_rows` rows (cheap memory-map reads). With `rng` the blocks are
+        shuffled, so a chunk mixes rows from all over a store even when it is sorted by class
+        (shuffle the rows within a chunk yourself).
         """
         y_all = torch.from_numpy(self.labels)
         if self._x is not None:
             yield self._x, y_all
             return
-        starts = np.arange(0, self.n, self.chunk_rows)
+        block = max(1, min(self.block_rows, self.chunk_rows))
+        starts = np.arange(0, self.n, block)
         if rng is not None:
             starts = rng.permutation(starts)
-        for s in starts:
-            e = min(s + self.chunk_rows, self.n)
-            rows = slice(int(s), int(e)) if self.indices is None else self.indices[s:e]
-            yield torch.from_numpy(self._read(rows)), y_all[s:e]
+        per = max(1, self.chunk_rows // block)
+        for g in range(0, len(starts), per):
+            xs, ys = [], []
+            for s in starts[g:g + per]:
+                e = min(int(s) + block, self.n)
+                rows = slice(int(s), e) if self.indices is None else self.indices[s:e]
+                xs.append(self._read(rows))  # (b, D)
+                ys.append(y_all[s:e])
+            yield torch.from_numpy(np.concatenate(xs) if len(xs) > 1 else xs[0]), torch.cat(ys)
 
     def take(self, positions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Rows at `positions` (into this feature set) in memory: (x (m, D) float32, y (m,))."""
