@@ -50,7 +50,7 @@ class TokenizerConfig:
     token_dim: int | None = None
     mlp_ratio: float = 4.0
     rope_base: float = 100.0
-    rec_loss: str = "l1"               # l1 | l2
+    rec_loss: str = "l2"               # l1 | l2 (the paper's L1 stalls at the background median on sparse digits)
     kl_weight: float = 1e-6            # vae, vavae
     perceptual: str | None = None      # path of a TorchScript LPIPS-like net(x_hat, x); off by default
     perceptual_weight: float = 1.0
@@ -106,8 +106,8 @@ class TokenizerConfig:
 
 
 SIZES: dict[str, dict] = {
-    "tiny": dict(image_size=32, patch_size=4, width=128, depth=3, heads=4, dec_width=128, dec_depth=3,
-                 num_tokens=16, token_dim=8),
+    "tiny": dict(image_size=32, patch_size=4, width=96, depth=2, heads=4, dec_width=96, dec_depth=2,
+                 num_tokens=16, token_dim=16),
     "small": dict(image_size=32, patch_size=2, width=256, depth=6, heads=4, dec_width=256, dec_depth=6,
                   num_tokens=32, token_dim=12),
     "S": dict(image_size=256, patch_size=16, width=384, depth=12, heads=6, dec_width=384, dec_depth=12,
