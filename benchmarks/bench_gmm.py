@@ -160,8 +160,9 @@ def bench_sklearn(tmp: Path, quick: bool) -> None:
           f"relative NLL difference = {rel:.2e} (goal <= 1e-5)")
 
 
-def bench_stream(tmp: Path, quick: bool) -> None:
-    n, d, k, iters = (200_000, 64, 50, 2) if quick else (1_000_000, 64, 50, 3)
+def bench_stream(tmp: Path, quick: bool, iters: int | None = None) -> None:
+    n, d, k, default_iters = (200_000, 64, 50, 2) if quick else (1_000_000, 64, 50, 3)
+    iters = iters or default_iters
     from latentlab.latents import LatentStore
 
     path = tmp / "stream-store"
@@ -195,6 +196,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="smaller sizes")
     ap.add_argument("--gpu", action="store_true", help="also run the GPU fits")
     ap.add_argument("--only", choices=["sklearn", "stream", "gpu"], help="run one part")
+    ap.add_argument("--stream-iters", type=int, help="EM iterations of the streaming part (default 3)")
     ap.add_argument("--child", nargs="+", help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -214,7 +216,7 @@ def main() -> None:
             if part == "sklearn":
                 bench_sklearn(Path(tmp), a.quick)
             elif part == "stream":
-                bench_stream(Path(tmp), a.quick)
+                bench_stream(Path(tmp), a.quick, a.stream_iters)
             else:
                 bench_gpu(a.quick)
 

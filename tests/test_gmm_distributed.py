@@ -40,8 +40,8 @@ WORKER = textwrap.dedent("""
 """)
 
 CASES = [
-    ("array_full", "array", dict(covariance_type="full", random_state=0, batch_size=100, max_iter=20, tol=0)),
-    ("store_diag", "store", dict(covariance_type="diag", random_state=1, batch_size=100, max_iter=20, tol=0,
+    ("array_full", "array", dict(covariance_type="full", random_state=0, batch_size=100, max_iter=10, tol=0)),
+    ("store_diag", "store", dict(covariance_type="diag", random_state=1, batch_size=100, max_iter=10, tol=0,
                                  init_params="k-means++")),
     ("store_kmeans", "store", dict(covariance_type="full", random_state=2, batch_size=100, n_init=2)),
 ]
