@@ -93,8 +93,8 @@ def gpu_epoch_seconds(n: int = 1_281_167, d: int = 4096, k: int = 1000, epochs: 
     t0 = time.perf_counter()
     train_probe(feats, k, cfg, on_epoch)
     times = np.diff([t0] + [s for s, _ in stamps])
-    return {"n": n, "dim": d, "classes": k, "batch_size": cfg.batch_size, "seconds_per_epoch": [round(t, 2) for t in times],
-            "final_loss": stamps[-1][1]}
+    return {"n": n, "dim": d, "classes": k, "batch_size": cfg.batch_size,
+            "seconds_per_epoch": [round(t, 2) for t in times], "final_loss": stamps[-1][1]}
 
 
 def main() -> None:

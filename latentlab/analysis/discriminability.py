@@ -66,7 +66,8 @@ def gmm_nll_lookup(path: str | os.PathLike, k: int) -> dict[str, float]:
         raise LatentlabError(f"GMM table {path} is not a readable CSV ({type(e).__name__}); rerun fit-gmm") from None
     missing = [c for c in GMM_COLUMNS if c not in df.columns]
     if missing:
-        raise LatentlabError(f"GMM table {path} lacks column(s) {', '.join(missing)}; give the gmm.csv written by fit-gmm")
+        raise LatentlabError(f"GMM table {path} lacks column(s) {', '.join(missing)}; "
+                             f"give the gmm.csv written by fit-gmm")
     at_k = df[df["n_components"] == k]
     if at_k.empty:
         ks = ", ".join(str(int(v)) for v in sorted(df["n_components"].unique()))

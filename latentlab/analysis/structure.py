@@ -107,7 +107,8 @@ def fisher_ratio(feats: Features) -> float:
 
 
 @torch.no_grad()
-def rankme(feats: Features, max_samples: int = 25600, seed: int = 0, device: str | torch.device | None = "cpu") -> float:
+def rankme(feats: Features, max_samples: int = 25600, seed: int = 0,
+           device: str | torch.device | None = "cpu") -> float:
     """Effective rank RankMe (Garrido, Balestriero, Najman, LeCun, "RankMe: Assessing the Downstream
     Performance of Pretrained Self-Supervised Representations by Their Rank", ICML 2023, eq. 1):
     exp(-sum_k p_k log p_k) with p_k = sigma_k / ||sigma||_1 + eps, eps = 1e-7, on the raw

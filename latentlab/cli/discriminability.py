@@ -28,7 +28,8 @@ def _overrides(**kw) -> dict:
 @click.option("--batch-size", type=int, default=None, help=f"Probe mini-batch size (default {ProbeConfig.batch_size}).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or auto (default).")
 @click.option("--seed", type=int, default=None, help="Seed of the probe, the holdout split and metric subsamples.")
-@click.option("--gmm", "gmm_csv", type=click.Path(), default=None, help="A gmm.csv from `latentlab fit-gmm` to join in.")
+@click.option("--gmm", "gmm_csv", type=click.Path(), default=None,
+              help="A gmm.csv from `latentlab fit-gmm` to join in.")
 @click.option("--gmm-k", type=int, default=None, help="The number of GMM components whose held-out NLL to report.")
 @json_option
 def probe_cmd(tokenizers, out, pool, epochs, optimizer, lr, batch_size, device, seed, gmm_csv, gmm_k, as_json):
@@ -56,10 +57,13 @@ def probe_cmd(tokenizers, out, pool, epochs, optimizer, lr, batch_size, device, 
 @cli.command("umap")
 @tokenizer_option
 @click.option("--out", required=True, type=click.Path(), help="Directory for umap.csv and umap.png.")
-@click.option("--n", type=int, default=None, help=f"Class-balanced subsample size per tokenizer (default {UmapConfig.n}).")
+@click.option("--n", type=int, default=None,
+              help=f"Class-balanced subsample size per tokenizer (default {UmapConfig.n}).")
 @click.option("--seed", type=int, default=None,
-              help=f"Seed of the subsample and UMAP (default {UmapConfig.seed}). A seed makes umap-learn single-threaded.")
-@click.option("--pca-dim", type=int, default=None, help=f"PCA dimensions before UMAP (default {UmapConfig.pca_dim}; 0 skips PCA).")
+              help=f"Seed of the subsample and UMAP (default {UmapConfig.seed}). "
+                   "A seed makes umap-learn single-threaded.")
+@click.option("--pca-dim", type=int, default=None,
+              help=f"PCA dimensions before UMAP (default {UmapConfig.pca_dim}; 0 skips PCA).")
 @click.option("--pool", type=click.Choice(["flatten", "mean"]), default=None, help="Flattened latents or token means.")
 @json_option
 def umap_cmd(tokenizers, out, n, seed, pca_dim, pool, as_json):
