@@ -146,3 +146,23 @@ def test_diffusers_autoencoder_kl_extracts_a_grid_store(tmp_path):
     assert np.allclose(store.get(0, 2), ref, atol=1e-5)
     with pytest.raises(LatentlabError, match="save_pretrained"):
         extract("diffusers:/nonexistent/vae", "digits", "test", tmp_path / "s2")
+
+
+def _extract_worker(rank, world, init_file, run, out):
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        extract(run, "digits", "test", out, batch_size=64, device="cpu")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_two_rank_extraction_equals_one_rank(run_dir, tmp_path):
+    import torch.multiprocessing as mp
+
+    one = extract(run_dir, "digits", "test", tmp_path / "one", batch_size=64, device="cpu")
+    mp.spawn(_extract_worker, args=(2, str(tmp_path / "init"), str(run_dir), str(tmp_path / "two")), nprocs=2, join=True)
+    two = LatentStore.open(tmp_path / "two")
+    assert np.allclose(one.load()[0], two.load()[0], atol=1e-6)
+    assert np.array_equal(one.labels, two.labels)
+    assert not list(tmp_path.glob(".two.part-*"))  # the rank part files are cleaned up
