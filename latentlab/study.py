@@ -1,0 +1,201 @@
+"""A whole study from one YAML: `latentlab run study.yaml --out STUDY_DIR`.
+
+For each tokenizer of the config, in order::
+
+    tokenizer  train it (or: pixels / a pretrained tokenizer / an existing store: nothing to train)
+    eval       PSNR, SSIM and rFD/rFID on the test split                 (latentlab.metrics)
+    extract    train and test latent stores                              (latentlab.extract)
+    probe      linear probe, kNN and structure metrics                   (latentlab.analysis.discriminability)
+    sit        SiT trained on the latents, with its held-out loss        (latentlab.sit_train)
+    sample     SiT samples decoded through the tokenizer                 (latentlab.sample)
+    gfid       FD of the samples against the train split                 (latentlab.metrics)
+
+and for the study as a whole (owner ``_study``): ``gmm`` (NLL against components in one
+common PCA dimension, so it needs every tokenizer), ``umap`` (one panel per tokenizer) and
+``relate`` (summary.csv, correlations.csv, figures, report.html). Every stage is cached in
+``STUDY_DIR/<owner>/<stage>/`` and skipped while the hash of its config and inputs is unchanged
+(`latentlab.stages`); a killed run, started again, redoes only what did not finish.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from latentlab.config import from_dict, load_mapping
+from latentlab.errors import LatentlabError
+from latentlab.io import save_json
+from latentlab.stages import StageLog, StageResult, run_stage
+from latentlab.utils import info, progress
+
+STUDY_VERSION = 1
+STUDY_OWNER = "_study"
+SPECIAL_ARCHS = ("pixels", "pretrained", "store")
+TOKENIZER_STAGES = ("tokenizer", "eval", "extract", "probe", "sit", "sample", "gfid")
+
+
+@dataclass
+class TokenizerEntry:
+    """One tokenizer of a study: a trainable arch with preset and overrides, pixels, a pretrained one, or a store."""
+
+    arch: str = "ae"                   # ae | vae | vavae | maetok | pixels | pretrained | store
+    size: str = "tiny"                 # size preset of a trainable arch
+    model: dict = field(default_factory=dict)     # TokenizerConfig overrides (teacher, masking, ...)
+    train: dict = field(default_factory=dict)     # TrainConfig overrides (steps, batch_size, lr, ...)
+    decoder_finetune: dict | None = None          # MAETok's 2nd stage: TrainConfig overrides, or None to skip
+    pretrained: str | None = None      # arch=pretrained: e.g. "diffusers:/path/to/sd-vae"
+    store: str | None = None           # arch=store: a store set (train/ and test/) extracted elsewhere
+
+
+@dataclass
+class StudyConfig:
+    """The whole study. Nested sections override the defaults of the library's own dataclasses."""
+
+    dataset: str = "mnist5k"
+    seed: int = 0
+    device: str = "auto"
+    tokenizers: dict = field(default_factory=dict)   # name -> TokenizerEntry fields
+    sit: dict = field(default_factory=dict)          # SiTTrainConfig fields (model, train: {steps, ...})
+    sample: dict = field(default_factory=dict)       # SampleConfig fields (n = gFID sample count, steps, sampler)
+    gmm: dict = field(default_factory=dict)          # FitGMMConfig fields (components, pca_variance, ...)
+    probe: dict = field(default_factory=dict)        # DiscriminabilityConfig fields (pool, probe: {epochs}, ...)
+    umap: dict = field(default_factory=dict)         # UmapConfig fields (n, pca_dim, ...)
+    metrics: dict = field(default_factory=dict)      # MetricsConfig fields (extractor, ...)
+    report: bool = True                              # render report.html from notebooks/report.ipynb
+
+
+# ---------------------------------------------------------------- config
+
+def _entry(name: str, raw) -> TokenizerEntry:
+    from latentlab.models.tokenizers import TOKENIZERS
+
+    if raw is None:
+        raw = {"arch": name}
+    if not isinstance(raw, dict):
+        raise LatentlabError(f"tokenizer {name!r} must be a mapping (arch, size, model, train, ...)")
+    e = from_dict(TokenizerEntry, raw, f"tokenizers.{name}")
+    if e.arch not in TOKENIZERS and e.arch not in SPECIAL_ARCHS:
+        raise LatentlabError(f"tokenizer {name!r} has unknown arch {e.arch!r}; choose one of "
+                             f"{', '.join(sorted(TOKENIZERS) + list(SPECIAL_ARCHS))}")
+    if e.arch == "pretrained" and not e.pretrained:
+        raise LatentlabError(f"tokenizer {name!r}: arch 'pretrained' needs 'pretrained: diffusers:PATH'")
+    if e.arch == "store" and not e.store:
+        raise LatentlabError(f"tokenizer {name!r}: arch 'store' needs 'store: PATH' (a store set with train/ and test/)")
+    return e
+
+
+def _section(cls, data: dict, where: str):
+    """Validate a nested section against the library dataclass it overrides (unknown keys raise)."""
+    return from_dict(cls, data, where)
+
+
+def section_configs(cfg: StudyConfig) -> dict:
+    """The library configs of every section, built (and so validated) from the study config."""
+    from latentlab.analysis.discriminability import DiscriminabilityConfig
+    from latentlab.analysis.embed import UmapConfig
+    from latentlab.analysis.nll import FitGMMConfig, check_config
+    from latentlab.analysis.probe import ProbeConfig
+    from latentlab.metrics.evaluate import MetricsConfig
+    from latentlab.sample import SampleConfig
+    from latentlab.sit_train import SiTTrainConfig
+
+    probe = dict(cfg.probe)
+    if isinstance(probe.get("probe"), dict):
+        probe["probe"] = _section(ProbeConfig, {"device": cfg.device, "seed": cfg.seed, **probe["probe"]},
+                                  "probe.probe")
+    else:
+        probe.setdefault("probe", ProbeConfig(device=cfg.device, seed=cfg.seed))
+    sit = dict(cfg.sit)
+    sit["train"] = {"seed": cfg.seed, "device": cfg.device, **sit.get("train", {})}
+    return {
+        "sit": _section(SiTTrainConfig, sit, "sit"),
+        "sample": _section(SampleConfig, {"device": cfg.device, "seed": cfg.seed, **cfg.sample}, "sample"),
+        "gmm": check_config(_section(FitGMMConfig, {"device": cfg.device, "seed": cfg.seed, **cfg.gmm}, "gmm")),
+        "probe": _section(DiscriminabilityConfig, probe, "probe"),
+        "umap": _section(UmapConfig, {"seed": cfg.seed, **cfg.umap}, "umap"),
+        "metrics": _section(MetricsConfig, {"device": cfg.device, **cfg.metrics}, "metrics"),
+    }
+
+
+def load_study_config(source: str | os.PathLike | dict) -> tuple[StudyConfig, dict[str, TokenizerEntry]]:
+    """Read and validate a study config (unknown keys and unknown tokenizers are one-line errors)."""
+    data = dict(source) if isinstance(source, dict) else load_mapping(source)
+    cfg = from_dict(StudyConfig, data, "study config")
+    if not cfg.tokenizers or not isinstance(cfg.tokenizers, dict):
+        raise LatentlabError("the study config needs 'tokenizers:', a mapping of names to tokenizer settings")
+    from latentlab.data import DATASETS, parse_spec
+
+    if parse_spec(cfg.dataset)[0] not in DATASETS:
+        raise LatentlabError(f"unknown dataset {cfg.dataset!r}; choose one of {', '.join(sorted(DATASETS))}")
+    entries = {str(name): _entry(str(name), raw) for name, raw in cfg.tokenizers.items()}
+    bad = [n for n in entries if n.startswith("_") or "/" in n or n in (".", "..")]
+    if bad:
+        raise LatentlabError(f"tokenizer name {bad[0]!r} is not allowed; use letters, digits, '-' and '_'")
+    section_configs(cfg)  # validate every section now, before anything runs
+    return cfg, entries
+
+
+# ---------------------------------------------------------------- the runner
+
+@contextlib.contextmanager
+def _workspace(path: Path):
+    """Cache extractors and statistics inside the study unless LATENTLAB_WORKSPACE is set."""
+    old = os.environ.get("LATENTLAB_WORKSPACE")
+    if old is None:
+        os.environ["LATENTLAB_WORKSPACE"] = str(path)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("LATENTLAB_WORKSPACE", None)
+
+
+def run_study(config: str | os.PathLike | dict, out: str | os.PathLike) -> dict:
+    """Run (or resume) every stage of a study into `out`; returns the summary (paths and the log)."""
+    from latentlab import study_stages as S
+
+    cfg, entries = load_study_config(config)
+    sections = section_configs(cfg)
+    out = Path(out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    save_json({**asdict(cfg), "version": STUDY_VERSION}, out / "study.json")
+    log = StageLog()
+    t0 = time.perf_counter()
+    ctx = S.StudyContext(cfg, sections, out, log)
+    total = len(entries) * len(TOKENIZER_STAGES) + 3
+    bar = progress(total=total, desc="study", leave=True)
+
+    def step(owner: str, stage: str, key, fn) -> StageResult:
+        bar.set_postfix_str(f"{owner}/{stage}")
+        res = run_stage(out, owner, stage, key, fn, log, announce=info)
+        bar.update(1)
+        return res
+
+    with _workspace(out / "workspace"):
+        done: dict[str, dict[str, StageResult]] = {}
+        for name, entry in entries.items():
+            done[name] = S.tokenizer_stages(ctx, name, entry, step)
+        gmm = S.gmm_stage(ctx, done, step)
+        umap = S.umap_stage(ctx, done, step)
+        relate = S.relate_stage(ctx, done, gmm, umap, step)
+    bar.close()
+    S.publish(relate, out)
+    summary = {"out": str(out), "summary": str(out / "summary.csv"), "correlations": str(out / "correlations.csv"),
+               "report": str(out / "report.html") if (out / "report.html").is_file() else None,
+               "figures": sorted(str(p) for p in (out / "figures").glob("*.png")),
+               "ran": log.ran(), "reused": log.reused(), "seconds": round(time.perf_counter() - t0, 1)}
+    save_json({"log": log.entries, **summary}, out / "run_log.json")
+    return summary
+
+
+def clean_partial(out: str | os.PathLike) -> list[str]:
+    """Remove interrupted stage work directories (`*.work`); returns what was removed."""
+    removed = []
+    for p in Path(out).glob("*/*.work"):
+        shutil.rmtree(p)
+        removed.append(str(p))
+    return removed
