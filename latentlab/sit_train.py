@@ -206,20 +206,28 @@ class SiTTask(TrainTask):
         self._sum, self._count = 0.0, 0
 
     def batch(self, step: int, rank: int, world_size: int, per_rank: int):
-        """Normalised latents and labels of this rank's batch at `step` (unlabelled -> null class)."""
+        """Normalised latents, labels (unlabelled -> null class) and (offset, global size) of this rank's slice."""
         idx = self.rows[index_batch(len(self.rows), per_rank, step, self.tcfg.seed, rank, world_size)]
         x = normalize(torch.from_numpy(self.store.take(idx)), self.norm)            # (B, *shape)
         y = torch.from_numpy(self._labels[idx])                                     # (B,)
-        return x, torch.where(y < 0, torch.full_like(y, self.model.null_class), y)
+        y = torch.where(y < 0, torch.full_like(y, self.model.null_class), y)
+        return x, y, torch.tensor([rank * per_rank, per_rank * world_size])
 
     def loss(self, model, batch, step, generator):
-        """Mean velocity loss; `loss_avg` is its running mean since the last log line."""
-        x, y = batch
-        n = x.shape[0]
-        t = sample_t(n, self.time_sampling, generator, self.cfg.logit_mean, self.cfg.logit_std, x.device)  # (B,)
-        eps = torch.randn(x.shape, generator=generator, device=x.device)                              # (B, *shape)
-        y = drop_labels(y, self.cfg.label_dropout, self.model.null_class, generator)
-        v = model(interpolate(x, eps, t), t, y)                                                       # (B, *shape)
+        """Mean velocity loss; `loss_avg` is its running mean since the last log line.
+
+        t, noise and label dropout are drawn for the whole global batch from (seed, step) and
+        sliced for this rank, so a DDP run sees the same randomness as one process (the
+        loop's per-rank `generator` is not used).
+        """
+        x, y, (lo, total) = batch
+        lo, total, n = int(lo), int(total), x.shape[0]
+        g = torch.Generator(device=x.device).manual_seed(_seed("sit-train", self.tcfg.seed, step))
+        t = sample_t(total, self.time_sampling, g, self.cfg.logit_mean, self.cfg.logit_std, x.device)[lo:lo + n]
+        eps = torch.randn((total, *x.shape[1:]), generator=g, device=x.device)[lo:lo + n]        # (B, *shape)
+        y = drop_labels(torch.cat([y.new_zeros(lo), y, y.new_zeros(total - lo - n)]), self.cfg.label_dropout,
+                        self.model.null_class, g)[lo:lo + n]                                        # (B,)
+        v = model(interpolate(x, eps, t), t, y)                                                    # (B, *shape)
         loss = per_sample_mse(v, target_velocity(x, eps)).mean()
         if step % self.tcfg.log_every == 0:
             self._sum, self._count = 0.0, 0
