@@ -161,8 +161,8 @@ def eval_tokenizer(run: str | Path, cfg: MetricsConfig | None = None, out: str |
 
     cfg = cfg or MetricsConfig()
     device = get_device(cfg.device)
-    out = _default_out(run, out)
     model, info = open_tokenizer(run, cfg.weights, device)
+    out = _default_out(run, out)
     dataset = dataset or info.get("dataset")
     if not dataset:
         raise LatentlabError(f"{run} does not record its dataset; give --dataset")
@@ -245,14 +245,14 @@ def eval_sit(run: str | Path, cfg: MetricsConfig | None = None, out: str | Path 
 
     cfg = cfg or MetricsConfig()
     device = get_device(cfg.device)
-    out = _default_out(run, out)
     model, rc = load_sit(run, cfg.weights, device)
+    out = _default_out(run, out)
     prov = rc.get("latents", {})
     dataset = prov.get("dataset")
     if not dataset:
         raise LatentlabError(f"{run} does not record the dataset of its latents; compute FD on `latentlab sample` "
                              "output with `latentlab fid --real DATASET:train --fake OUT/images.npz`")
-    decoder, source = _decoder_for(prov)
+    decoder, source = _decoder_for(prov, device)
     if decoder is None:
         raise LatentlabError(f"cannot decode samples of {run}: {source}; gFID needs images")
     n = cfg.n or default_n_samples(dataset)
