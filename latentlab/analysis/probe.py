@@ -32,7 +32,8 @@ class ProbeConfig:
     optimizer: str = "sgd"  # SGD with momentum 0.9; or "adamw"
     lr: float | None = None  # None: 0.1 * batch_size / 256 for SGD, 1e-2 for AdamW
     weight_decay: float = 1e-4
-    batch_size: int = 256
+    batch_size: int = 1024  # capped so that an epoch has at least min_steps_per_epoch steps
+    min_steps_per_epoch: int = 16
     warmup_epochs: float = 0.0
     device: str = "auto"
     seed: int = 0
@@ -53,11 +54,16 @@ class LinearProbe(nn.Module):
         return self.head(self.norm(x))
 
 
-def default_lr(cfg: ProbeConfig) -> float:
+def effective_batch_size(cfg: ProbeConfig, n: int) -> int:
+    """cfg.batch_size, lowered (not below 32) so that n rows give at least cfg.min_steps_per_epoch steps."""
+    return max(2, min(cfg.batch_size, max(32, n // max(1, cfg.min_steps_per_epoch))))
+
+
+def default_lr(cfg: ProbeConfig, batch_size: int | None = None) -> float:
     """The peak learning rate: cfg.lr, else 0.1 * batch_size / 256 (SGD) or 1e-2 (AdamW)."""
     if cfg.lr is not None:
         return float(cfg.lr)
-    return 1e-2 if cfg.optimizer == "adamw" else 0.1 * cfg.batch_size / 256
+    return 1e-2 if cfg.optimizer == "adamw" else 0.1 * (batch_size or cfg.batch_size) / 256
 
 
 def cosine_lr(base: float, progress_frac: float, warmup_frac: float = 0.0) -> float:
@@ -95,7 +101,8 @@ def train_probe(train: Features, num_classes: int, cfg: ProbeConfig | None = Non
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     model = LinearProbe(train.dim, num_classes).to(device)
-    base = default_lr(cfg)
+    bs = effective_batch_size(cfg, train.n)
+    base = default_lr(cfg, bs)
     opt = _make_optimizer(model, cfg, base)
     warm = cfg.warmup_epochs / cfg.epochs
     seen, total = 0, cfg.epochs * train.n
@@ -107,8 +114,8 @@ def train_probe(train: Features, num_classes: int, cfg: ProbeConfig | None = Non
             perm = torch.randperm(len(x), generator=gen)
             if x.device != torch.device("cpu"):
                 perm = perm.to(x.device)
-            for i in range(0, len(x), cfg.batch_size):
-                idx = perm[i:i + cfg.batch_size]
+            for i in range(0, len(x), bs):
+                idx = perm[i:i + bs]
                 if len(idx) < 2:  # BatchNorm needs two rows
                     continue
                 xb = x[idx].to(device, non_blocking=True)  # (B, D)
