@@ -184,13 +184,20 @@ def em_features(toks: Sequence[TokenizerLatents], cfg: FitGMMConfig) -> tuple[li
 def _em_row(f: Features, k: int, cfg: FitGMMConfig, show: bool) -> tuple[dict, dict]:
     """Fit latentlab's EM GaussianMixture with K components; NLLs in nats per sample."""
     from latentlab.analysis.gmm import ConvergenceWarning, GaussianMixture
+    from latentlab.utils import warn
 
+    n, d = f.train.shape
+    if cfg.covariance == "full" and n / k < d + 1:
+        warn(f"{f.name!r} K={k}: about {n // k} training rows per component in {d} dimensions, so full covariances "
+             f"are singular up to reg_covar; expect the held-out NLL to show over-fitting (or use --covariance diag)")
     gmm = GaussianMixture(k, covariance_type=cfg.covariance, tol=cfg.tol, reg_covar=cfg.reg_covar,
                           max_iter=cfg.max_iter, n_init=cfg.n_init, init_params=cfg.init_params,
                           random_state=cfg.seed, device=cfg.device, batch_size=cfg.batch_size, progress=show)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)  # recorded in the `converged` column
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         gmm.fit(f.train)
+    for msg in dict.fromkeys(str(w.message) for w in caught if not issubclass(w.category, ConvergenceWarning)):
+        warn(f"{f.name!r}: {msg}")  # one line each; non-convergence is the `converged` column
     row = {"train_nll": -gmm.score(f.train),
            "heldout_nll": -gmm.score(f.heldout) if len(f.heldout) else float("nan"),
            "bic": gmm.bic(f.train), "aic": gmm.aic(f.train), "n_iter": int(gmm.n_iter_),
@@ -204,9 +211,11 @@ def fit_gmm_curves(tokenizers: Sequence[str] | Sequence[TokenizerLatents], confi
     import pandas as pd
 
     from latentlab.analysis import gmm_official
-    from latentlab.utils import progress, progress_enabled
+    from latentlab.utils import is_main, progress, progress_enabled
 
     cfg = check_config(config or FitGMMConfig())
+    if out is not None and Path(out).exists() and not Path(out).is_dir():
+        raise LatentlabError(f"--out {out} exists and is not a directory; choose another --out")
     toks = list(tokenizers)
     if not toks or isinstance(toks[0], str):
         toks = resolve_tokenizers(toks, dataset)
@@ -237,7 +246,7 @@ def fit_gmm_curves(tokenizers: Sequence[str] | Sequence[TokenizerLatents], confi
     result = GMMCurves(table, reduction, {**dataclasses.asdict(cfg), "components": list(cfg.components),
                                           **gmm_official.protocol_notes(cfg)}, curves,
                        str(out) if out is not None else None)
-    if out is not None:
+    if out is not None and is_main():  # under torchrun every rank holds the same result
         write_outputs(result, out)
     return result
 
@@ -254,9 +263,7 @@ def write_outputs(result: GMMCurves, out: str | os.PathLike) -> None:
         plot_nll_vs_components(result.table, d / "nll_vs_components.png")
 
     out = Path(out)
-    if out.exists():
-        if not out.is_dir():
-            raise LatentlabError(f"--out {out} exists and is not a directory; choose another --out")
+    if out.is_dir():
         write(out)  # each file is replaced atomically; other files in `out` are kept
     else:
         with atomic_dir(out) as tmp:

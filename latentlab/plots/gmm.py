@@ -22,6 +22,9 @@ def plot_nll_vs_components(table, path: str | os.PathLike) -> Path:
             ax.plot(g["n_components"], g["heldout_nll"], "-o", color=c, ms=3.5, label=f"{name} held-out")
         ax.plot(g["n_components"], g["train_nll"], "--", color=c, alpha=0.8, label=f"{name} train")
     ax.set_xscale("log")
+    ks = sorted(table["n_components"].unique()) if len(table) else []
+    ax.set_xticks(ks, [str(k) for k in ks])
+    ax.xaxis.set_minor_locator(plt.NullLocator())
     ax.set_xlabel("number of GMM components K")
     ax.set_ylabel("NLL (nats per sample)")
     protocol = table["protocol"].iloc[0] if len(table) else ""
