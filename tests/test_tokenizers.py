@@ -156,3 +156,53 @@ def test_decoder_finetune_freezes_encoder_bit_identically(tmp_path):
         enc = [k for k in new if k.startswith("encoder.")]
         assert enc and all(torch.equal(new[k], init[k]) for k in enc)
         assert any(not torch.equal(new[k], init[k]) for k in new if k.startswith("decoder."))
+
+
+def test_gan_and_perceptual_terms(tmp_path):
+    from latentlab.models.losses import hinge_d_loss, hinge_g_loss
+
+    class L1Net(torch.nn.Module):
+        def forward(self, a, b):
+            return (a - b).abs().flatten(1).mean(1)
+
+    torch.jit.save(torch.jit.script(L1Net()), str(tmp_path / "perc.pt"))
+    m = build_tokenizer({"arch": "ae", **SMALL, "gan_weight": 0.5, "perceptual": str(tmp_path / "perc.pt")})
+    assert not any(k.startswith("_perceptual") for k in m.state_dict())
+    x = torch.rand(4, 1, 8, 8) * 2 - 1
+    terms = m(x)
+    assert {"gan", "disc", "gan_weight", "perceptual"} <= set(terms) and terms["gan_weight"] > 0
+    with torch.no_grad():
+        assert torch.allclose(terms["perceptual"], (m.decode_raw(m.encode(x).mode()) - x).abs().mean(), atol=1e-5)
+    d = m.discriminator
+    fake = torch.zeros(4, 1, 8, 8, requires_grad=True)
+    hinge_g_loss(d, fake).backward()
+    assert all(p.grad is None for p in d.parameters()) and fake.grad.abs().sum() > 0  # G loss never trains D
+    hinge_d_loss(d, x, fake).backward()
+    assert all(p.grad is not None for p in d.parameters())
+    assert fake.grad.abs().sum() > 0  # unchanged from the G step: D loss sees a detached fake
+    with pytest.raises(Exception, match="perceptual network not found"):
+        build_tokenizer({"arch": "ae", **SMALL, "perceptual": str(tmp_path / "missing.pt")})
+
+
+def test_torchscript_teacher_and_absent_teachers(tmp_path):
+    from latentlab.errors import LatentlabError
+    from latentlab.models.targets import make_target
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 5, 16, stride=16)  # 224 px -> a 14 x 14 map of 5 features
+
+        def forward(self, x):
+            return self.conv(x)
+
+    torch.jit.save(torch.jit.script(Net()), str(tmp_path / "t.pt"))
+    t = make_target(f"torchscript:{tmp_path / 't.pt'}", patch=2, channels=1, image_size=8)
+    assert t.dim == 5 and t(torch.zeros(3, 1, 8, 8)).shape == (3, 16, 5)
+    m = build_tokenizer({"arch": "vavae", **SMALL, "teacher": f"torchscript:{tmp_path / 't.pt'}"})
+    assert torch.isfinite(m(torch.rand(2, 1, 8, 8))["vf_mcos"])
+    with pytest.raises(LatentlabError, match="torch.jit.save"):
+        make_target(f"torchscript:{tmp_path / 'none.pt'}", 2, 1, 8)
+    for spec in ("dinov2", "clip", "siglip:/nowhere/weights.bin"):
+        with pytest.raises(LatentlabError, match="pip install|weights"):
+            make_target(spec, 2, 1, 8)

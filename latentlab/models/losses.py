@@ -127,4 +127,6 @@ def load_perceptual(path: str) -> nn.Module:
         net = torch.jit.load(str(p), map_location="cpu")
     except Exception as e:
         raise LatentlabError(f"{p} is not a TorchScript module ({type(e).__name__}); export it with torch.jit.save") from None
-    return net.eval().requires_grad_(False)
+    for q in net.parameters():  # ScriptModules have no requires_grad_()
+        q.requires_grad_(False)
+    return net.eval()

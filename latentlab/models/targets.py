@@ -103,7 +103,9 @@ class TeacherTarget(Target):
                  mean: tuple = (0.485, 0.456, 0.406), std: tuple = (0.229, 0.224, 0.225), prefix: int = 0,
                  normalize_input: bool = True):
         super().__init__()
-        self.net = net.eval().requires_grad_(False)
+        for q in net.parameters():  # works for ScriptModules too (they lack requires_grad_())
+            q.requires_grad_(False)
+        self.net = net.eval()
         self.name, self.dim, self.grid, self.input_size, self.prefix = name, dim, grid, input_size, prefix
         self.normalize_input = normalize_input
         self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
