@@ -32,7 +32,7 @@ def train_tokenizer_cmd(config_path, arch, size, dataset, image_size, stage, ini
     """Train an AE, KL-VAE, VA-VAE or MAETok tokenizer into a run directory.
 
     \b
-    latentlab train-tokenizer --arch maetok --size tiny --dataset mnist5k --steps 1500 --out RUN
+    latentlab train-tokenizer --arch maetok --size tiny --dataset mnist5k --steps 1000 --out RUN
     latentlab train-tokenizer --stage decoder-finetune --init RUN --out RUN2
     latentlab train-tokenizer --config tok.yaml --out RUN
     torchrun --nproc-per-node 2 $(which latentlab) train-tokenizer ...
