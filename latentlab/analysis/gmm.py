@@ -195,7 +195,7 @@ class GaussianMixture:
 
     def _fit(self, src: Source) -> None:
         full, bs = self._full, self._batch(src)
-        do_init = not (self.warm_start and hasattr(self, "converged_"))
+        do_init = not (self.warm_start and hasattr(self, "converged_") and hasattr(self, "means_"))
         if not do_init and self.means_.shape[1] != src.dim:
             raise GMMError(f"warm start: X has {src.dim} features, the fitted mixture {self.means_.shape[1]}")
         rng = _rng(self.random_state)
@@ -207,7 +207,7 @@ class GaussianMixture:
                 params, reg = self._initial_params(src, rng, bs, reg)
                 lb = -math.inf
             else:
-                reg = float(getattr(self, "reg_covar_", self.reg_covar))
+                reg = max(float(self.reg_covar), float(getattr(self, "reg_covar_", 0.0)))
                 params, lb = self._params_from_attributes(src), float(self.lower_bound_)
             if self.verbose:
                 info(f"GMM K={self.n_components}: initialisation {init}")
