@@ -114,7 +114,7 @@ class Features:
         """
         y_all = torch.from_numpy(self.labels)
         if self._x is not None:
-            yield self._x, y_all
+            yield self._x, y_all.to(self._x.device)
             return
         block = max(1, min(self.block_rows, self.chunk_rows))
         starts = np.arange(0, self.n, block)

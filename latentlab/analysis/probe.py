@@ -118,7 +118,7 @@ def train_probe(train: Features, num_classes: int, cfg: ProbeConfig | None = Non
                 idx = perm[i:i + bs]
                 if len(idx) < 2:  # BatchNorm needs two rows
                     continue
-                xb = x[idx].to(device, non_blocking=True)  # (B, D)
+                xb = x[idx].to(device, torch.float32, non_blocking=True)  # (B, D)
                 yb = y[idx.to(y.device)].to(device, non_blocking=True)  # (B,)
                 for g in opt.param_groups:
                     g["lr"] = cosine_lr(base, seen / total, warm)
@@ -146,7 +146,7 @@ def predict_topk(model: LinearProbe, feats: Features, k: int = 5, batch_size: in
     out = []
     for x, _ in feats.chunks(None):
         for i in range(0, len(x), batch_size):
-            logits = model(x[i:i + batch_size].to(device))  # (B, K)
+            logits = model(x[i:i + batch_size].to(device, torch.float32))  # (B, K)
             out.append(logits.topk(min(k, logits.shape[1]), dim=1).indices.cpu())
     return torch.cat(out).numpy()
 
