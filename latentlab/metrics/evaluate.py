@@ -169,14 +169,15 @@ def eval_tokenizer(run: str | Path, cfg: MetricsConfig | None = None, out: str |
     ds = get_dataset(dataset, split, image_size=info.get("image_size"))
     ext = _extractor_for(cfg, dataset)
     ref, _ = _reference(f"{dataset}:{split}", ext, cfg, ds.image_size)
-    acc, rows, shown = FeatureStats(), {"psnr": [], "ssim": []}, None
+    acc, rows = FeatureStats(), {"psnr": [], "ssim": []}
     for x, _ in progress(ds.batches(cfg.batch_size), desc="reconstruct", total=-(-len(ds) // cfg.batch_size)):
         r = reconstruct(model, x.to(device), cfg.batch_size).cpu()          # (B, C, H, W)
         for k, v in recon_metrics(x, r).items():
             rows[k].append(v.numpy())
         acc.update(ext.extract(r)[0])
-        if shown is None:
-            shown = (to_uint8(x[:cfg.grid]), to_uint8(r[:cfg.grid]))
+    grid_idx = np.unique(np.linspace(0, len(ds) - 1, min(cfg.grid, len(ds))).round().astype(int))  # spread out
+    x = ds.get_batch(grid_idx)[0]
+    shown = (to_uint8(x), to_uint8(reconstruct(model, x.to(device), cfg.batch_size).cpu()))
     rec = GaussianStats.from_stats(acc)
     name, _ = metric_names(ext, "r")
     psnr, ssim = np.concatenate(rows["psnr"]), np.concatenate(rows["ssim"])
