@@ -174,7 +174,7 @@ def heldout_loss(model: torch.nn.Module, heldout: HeldOut, norm: dict, batch_siz
     """{"heldout_loss": mean over t, "heldout_loss@t=0.0625": ..., ...} of `model` on the held-out set."""
     model.eval()
     x_all = torch.from_numpy(heldout.store.take(heldout.indices))                # (n, *shape)
-    y_all = torch.from_numpy(heldout.store.labels[heldout.indices]).clamp(min=-1)  # (n,)
+    y_all = torch.from_numpy(heldout.store.labels[heldout.indices])                # (n,)
     null = unwrap(model).null_class
     y_all = torch.where(y_all < 0, torch.full_like(y_all, null), y_all)
     x_all = normalize(x_all, norm)
