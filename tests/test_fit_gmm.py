@@ -52,14 +52,14 @@ def _one_error_line(code, out, err, out_dir):
 
 def test_cli_end_to_end_planted(stores, tmp_path):
     out = tmp_path / "gmm"
-    code, stdout, err = run_cli("fit-gmm", "--tokenizer", stores[0], "--tokenizer", stores[1], "--components", "1,2,3,5",
+    code, stdout, err = run_cli("fit-gmm", "--tokenizer", stores[0], "--tokenizer", stores[1], "--components", "1,2,3",
                                 "--covariance", "full", "--heldout", "0.2", "--out", str(out), "--json")
     assert code == 0, err
     summary = json.loads(stdout)
     for f in ("gmm.csv", "gmm.json", "nll_vs_components.png", "nll_vs_components.pdf"):
         assert (out / f).is_file() and (out / f).stat().st_size > 0
     df = pd.read_csv(out / "gmm.csv")
-    assert list(df.columns) == COLUMNS and len(df) == 8
+    assert list(df.columns) == COLUMNS and len(df) == 6
     assert set(df["protocol"]) == {"em"}
     meta = json.loads((out / "gmm.json").read_text())
     red = meta["reduction"]
@@ -81,7 +81,7 @@ def test_cli_end_to_end_planted(stores, tmp_path):
     np.testing.assert_allclose(k1["aic"], 2 * 480 * k1["train_nll"] + 2 * p, rtol=1e-6)
     np.testing.assert_allclose(df["nll_per_dim"], df["heldout_nll"] / d, rtol=1e-12)
     assert df["converged"].dtype == bool and (df["n_iter"] >= 1).all() and (df["seconds"] > 0).all()
-    assert meta["config"]["protocol"] == "em" and len(meta["rows"]) == 8
+    assert meta["config"]["protocol"] == "em" and len(meta["rows"]) == 6
 
 
 def test_matches_manual_pipeline(stores, tmp_path):
@@ -150,16 +150,20 @@ def _planted_features(seed=0):
 
 def test_official_adam_protocol_planted():
     f = _planted_features()
-    cfg = FitGMMConfig(protocol="official", official_epochs=40, official_lr=2e-2, seed=1, device="cpu")
+    cfg = FitGMMConfig(protocol="official", official_epochs=25, official_lr=2e-2, seed=1, device="cpu")
+    # K=1: Adam reaches the ML Gaussian (diag EM converges to it in one step)
+    m1, _ = fit_adam(f.train, f.heldout, 1, cfg)
+    em1 = -GaussianMixture(1, covariance_type="diag").fit(f.train).score(f.train)
+    np.testing.assert_allclose(m1.nll(torch.from_numpy(f.train)), em1, atol=5e-3)
     model, hist = fit_adam(f.train, f.heldout, 3, cfg)
     w = model.weights.detach()
     assert torch.isclose(w.sum(), torch.tensor(1.0), atol=1e-6) and (w > 0).all()  # softmax weights
     assert hist["train_loss"][-1] < hist["train_loss"][0] - 1.0  # training lowers the NLL
-    assert hist["heldout_nll"][-1] < hist["heldout_nll"][0]
+    assert hist["heldout_nll"][-1] < hist["heldout_nll"][0] - 1.0
     off = model.nll(torch.from_numpy(f.train))
     em = -GaussianMixture(3, covariance_type="diag", random_state=0).fit(f.train).score(f.train)
-    # EM maximises the same likelihood exactly; Adam gets close to it, and cannot beat it by much
-    assert em - 0.02 < off < em + 0.1, (off, em)
+    # EM maximises the same likelihood; Adam gets close (this seed avoids a local optimum) and cannot beat it
+    assert em - 0.01 < off < em + 0.05, (off, em)
 
 
 def test_official_cli(stores, tmp_path):

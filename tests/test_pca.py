@@ -98,23 +98,12 @@ def test_bad_inputs():
         p.transform(flat, zscore=True)
 
 
-def _dist_worker(r, world, port, x, out):
-    import os
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=r, world_size=world)
-    try:
-        p = PCA(None, batch_size=17).fit(x)
-        if r == 0:
-            out.put((p.all_explained_variance_, p.mean_))
-    finally:
-        torch.distributed.destroy_process_group()
-
-
 def test_distributed_two_gloo_ranks_match_single_process():
     import socket
 
     import torch.multiprocessing as mp
+
+    from _pca_dist import fit_worker
 
     x = _planted(np.random.default_rng(6), 301, np.logspace(1, -2, 8))
     with socket.socket() as s:
@@ -122,7 +111,7 @@ def test_distributed_two_gloo_ranks_match_single_process():
         port = s.getsockname()[1]
     ctx = mp.get_context("spawn")
     q = ctx.Queue()
-    procs = [ctx.Process(target=_dist_worker, args=(r, 2, port, x, q)) for r in range(2)]
+    procs = [ctx.Process(target=fit_worker, args=(r, 2, port, x, q)) for r in range(2)]
     for p in procs:
         p.start()
     ev, mean = q.get(timeout=120)
