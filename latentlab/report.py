@@ -78,7 +78,9 @@ def render_notebook(notebook: str | os.PathLike, out_html: str | os.PathLike, pa
     nb = nbformat.read(notebook, as_version=4)
     src = "# Parameters injected by latentlab.report.render_notebook\n" + "\n".join(
         f"{k} = {v!r}" for k, v in parameters.items())
-    nb.cells.insert(1, nbformat.v4.new_code_cell(src, metadata={"tags": ["injected-parameters"]}))
+    tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    at = tagged[0] + 1 if tagged else 0  # right after the notebook's own defaults, as papermill does
+    nb.cells.insert(at, nbformat.v4.new_code_cell(src, metadata={"tags": ["injected-parameters"]}))
     client = NotebookClient(nb, timeout=timeout, kernel_name="python3",
                             resources={"metadata": {"path": str(cwd or Path.cwd())}})
     try:

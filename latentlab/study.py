@@ -81,6 +81,19 @@ def _entry(name: str, raw) -> TokenizerEntry:
     if e.arch not in TOKENIZERS and e.arch not in SPECIAL_ARCHS:
         raise LatentlabError(f"tokenizer {name!r} has unknown arch {e.arch!r}; choose one of "
                              f"{', '.join(sorted(TOKENIZERS) + list(SPECIAL_ARCHS))}")
+    if e.arch in TOKENIZERS:  # validate the nested overrides now, not after hours of training
+        import dataclasses as _dc
+
+        from latentlab.models.tokenizer_train import TokenizerRunConfig
+        from latentlab.models.tokenizers import TokenizerConfig
+
+        TokenizerRunConfig(arch=e.arch, size=e.size, train=e.train).train_config()
+        if e.decoder_finetune is not None:
+            TokenizerRunConfig(arch=e.arch, size=e.size, train=e.decoder_finetune).train_config()
+        fields = {f.name for f in _dc.fields(TokenizerConfig)}
+        unknown = sorted(set(e.model) - fields)
+        if unknown:
+            raise LatentlabError(f"unknown key {unknown[0]!r} in tokenizers.{name}.model; valid keys: {', '.join(sorted(fields))}")
     if e.arch == "pretrained" and not e.pretrained:
         raise LatentlabError(f"tokenizer {name!r}: arch 'pretrained' needs 'pretrained: diffusers:PATH'")
     if e.arch == "store" and not e.store:
@@ -111,8 +124,10 @@ def section_configs(cfg: StudyConfig) -> dict:
         probe.setdefault("probe", ProbeConfig(device=cfg.device, seed=cfg.seed))
     sit = dict(cfg.sit)
     sit["train"] = {"seed": cfg.seed, "device": cfg.device, **sit.get("train", {})}
+    sit_cfg = _section(SiTTrainConfig, sit, "sit")
+    sit_cfg.train_config()  # validates the nested train overrides
     return {
-        "sit": _section(SiTTrainConfig, sit, "sit"),
+        "sit": sit_cfg,
         "sample": _section(SampleConfig, {"device": cfg.device, "seed": cfg.seed, **cfg.sample}, "sample"),
         "gmm": check_config(_section(FitGMMConfig, {"device": cfg.device, "seed": cfg.seed, **cfg.gmm}, "gmm")),
         "probe": _section(DiscriminabilityConfig, probe, "probe"),

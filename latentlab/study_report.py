@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import shutil
 from pathlib import Path
 
@@ -28,7 +27,7 @@ def summary_columns(components: list[int], rmetric: str, gmetric: str) -> list[s
             + ["sit_loss", "sit_loss_curve", gmetric])
 
 
-def _metric_names(metrics_cfg) -> tuple[str, str]:
+def fd_column_names(metrics_cfg) -> tuple[str, str]:
     """(reconstruction, generation) FD column names for the study's extractor: rfid/gfid only for Inception."""
     name = metrics_cfg.extractor.split(":")[0]
     base = "fid" if name == "inception" else f"fd_{name}"
@@ -47,7 +46,7 @@ def build_outputs(ctx, done: dict[str, dict[str, StageResult]], gmm: StageResult
     from latentlab.plots.study import plot_image_panels, plot_metrics_vs_target
 
     components = list(ctx.sections["gmm"].components)
-    rmetric, gmetric = _metric_names(ctx.sections["metrics"])
+    rmetric, gmetric = fd_column_names(ctx.sections["metrics"])
     tables, figures = work / "tables", work / "figures"
     tables.mkdir()
     figures.mkdir()
@@ -59,7 +58,8 @@ def build_outputs(ctx, done: dict[str, dict[str, StageResult]], gmm: StageResult
         row: dict = {"tokenizer": name, "arch": ctx.cfg.tokenizers[name].get("arch", name)
                      if isinstance(ctx.cfg.tokenizers[name], dict) else name,
                      "teacher": tok.get("teacher")}
-        row.update({k: v for k, v in res["eval"].result.get("row", {}).items() if k in ("psnr", "ssim", rmetric)})
+        row.update({k: float(v) if v == "inf" else v
+                    for k, v in res["eval"].result.get("row", {}).items() if k in ("psnr", "ssim", rmetric)})
         recon_rows.append({"tokenizer": name, **res["eval"].result.get("row", {})})
         pr = res["probe"].result["row"]
         probe_rows.append(pr)

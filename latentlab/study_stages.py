@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,11 +91,13 @@ def tokenizer_stages(ctx: StudyContext, name: str, entry, step: Step) -> dict[st
     spec = (str(tok.file(tok.result["run"])) if tok.result.get("run") else tok.result.get("spec"))
 
     def eval_fn(work: Path, resume: bool) -> dict:
-        if spec is None:  # pixels / store: the identity, or nothing to decode with
-            ident = arch == "pixels"
-            row = {"psnr": math.inf if ident else None, "ssim": 1.0 if ident else None,
-                   "note": "identity (raw pixels)" if ident else "no decoder for an imported store"}
-            return {"row": row}
+        if arch == "pixels":  # the identity: exact reconstruction (PSNR is infinite, kept as the string "inf")
+            from latentlab.study_report import fd_column_names
+
+            rname = fd_column_names(ctx.sections["metrics"])[0]
+            return {"row": {"psnr": "inf", "ssim": 1.0, rname: 0.0}, "note": "identity (raw pixels)"}
+        if spec is None:
+            return {"row": {}, "note": "no decoder for an imported store"}
         s = eval_tokenizer(spec, ctx.sections["metrics"], out=work, dataset=cfg.dataset, split="test")
         return {"row": {"psnr": s["psnr"], "ssim": s["ssim"], s["metric"]: s[s["metric"]],
                         "extractor_test_accuracy": s["extractor"].get("test_accuracy")},

@@ -90,6 +90,8 @@ def progress(iterable: Iterable[T] | None = None, desc: str = "", total: int | N
     """A tqdm bar on stderr (disabled off rank 0 or with LATENTLAB_PROGRESS=0)."""
     from tqdm.auto import tqdm
 
+    if not sys.stderr.isatty():  # a log file, not a terminal: a line every 30 s, not every 0.1 s
+        kw.setdefault("mininterval", 30.0)
     return tqdm(iterable, desc=desc, total=total, leave=leave, file=sys.stderr,
                 disable=not progress_enabled(), dynamic_ncols=True, **kw)
 
