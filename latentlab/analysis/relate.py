@@ -23,7 +23,8 @@ def metric_columns(summary: pd.DataFrame, targets: list[str]) -> list[str]:
     """Numeric latent-metric columns of `summary` (everything numeric except targets and bookkeeping)."""
     cols = []
     for c in summary.columns:
-        if c in NON_METRICS or c in targets or c.startswith("seconds"):
+        if (c in NON_METRICS or c in targets or c.startswith(("seconds", "is_", "isc", "gfd", "gfid")) or c.endswith("_std")
+                or c == "extractor_test_accuracy"):  # bookkeeping and generation-side numbers are not latent metrics
             continue
         if pd.api.types.is_numeric_dtype(summary[c]) and summary[c].notna().sum() >= 2:
             cols.append(c)
