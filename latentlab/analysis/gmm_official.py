@@ -24,6 +24,7 @@ Differences, on purpose:
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -58,7 +59,9 @@ def _reduce_umap(x: np.ndarray, k: int, seed: int) -> np.ndarray:
         import umap
     except ImportError:
         raise LatentlabError("--reducer umap needs umap-learn; install it with `pip install umap-learn`") from None
-    return np.asarray(umap.UMAP(n_components=k, random_state=seed).fit_transform(x), np.float64)  # (N, k)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)  # seeded UMAP is serial
+        return np.asarray(umap.UMAP(n_components=k, random_state=seed).fit_transform(x), np.float64)  # (N, k)
 
 
 def official_features(toks: Sequence, cfg) -> tuple[list, dict]:

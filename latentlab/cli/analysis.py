@@ -5,7 +5,10 @@ from __future__ import annotations
 import click
 
 from latentlab.cli import cli
+from latentlab.analysis.nll import FitGMMConfig
 from latentlab.cli.common import emit, json_option, parse_int_list, tokenizer_option
+
+D = FitGMMConfig()  # defaults shown in --help come from the dataclass
 
 
 def _text(s: dict) -> str:
@@ -19,20 +22,20 @@ def _text(s: dict) -> str:
 
 @cli.command("fit-gmm")
 @tokenizer_option
-@click.option("--components", default=None, metavar="K1,K2,..", help="Component counts to fit [1,2,5,10,20,50,100,200].")
-@click.option("--pca-variance", type=float, default=None, help="Explained variance every tokenizer keeps, in (0, 1] [0.9].")
+@click.option("--components", default=None, metavar="K1,K2,..", help=f"Component counts to fit [{','.join(map(str, D.components))}].")
+@click.option("--pca-variance", type=float, default=None, help=f"Explained variance every tokenizer keeps, in (0, 1] [{D.pca_variance}].")
 @click.option("--pca-dim", type=int, default=None, help="A fixed PCA dimension instead of --pca-variance.")
 @click.option("--covariance", default=None, metavar="full|diag", help="Covariance type [full; official: diag].")
-@click.option("--heldout", type=float, default=None, help="Held-out fraction of the train store [0.2].")
+@click.option("--heldout", type=float, default=None, help=f"Held-out fraction of the train store [{D.heldout}].")
 @click.option("--out", required=True, type=click.Path(), help="Directory for gmm.csv, gmm.json and the figure.")
 @click.option("--protocol", type=click.Choice(["em", "official"]), default=None,
-              help="em: latentlab's EM; official: the MAETok release (Adam, softmax weights) [em].")
-@click.option("--reducer", type=click.Choice(["pca", "umap"]), default=None, help="Reduction for --protocol official [pca].")
-@click.option("--max-iter", type=int, default=None, help="EM iterations per fit [100].")
-@click.option("--n-init", type=int, default=None, help="EM restarts per fit [1].")
-@click.option("--epochs", "official_epochs", type=int, default=None, help="Adam epochs for --protocol official [30].")
-@click.option("--seed", type=int, default=None, help="Seed of the held-out split and the GMM init [0].")
-@click.option("--device", default=None, help="cpu, cuda, cuda:N or auto [auto].")
+              help=f"em: latentlab's EM; official: the MAETok release (Adam, softmax weights) [{D.protocol}].")
+@click.option("--reducer", type=click.Choice(["pca", "umap"]), default=None, help=f"Reduction for --protocol official [{D.reducer}].")
+@click.option("--max-iter", type=int, default=None, help=f"EM iterations per fit [{D.max_iter}].")
+@click.option("--n-init", type=int, default=None, help=f"EM restarts per fit [{D.n_init}].")
+@click.option("--epochs", "official_epochs", type=int, default=None, help=f"Adam epochs for --protocol official [{D.official_epochs}].")
+@click.option("--seed", type=int, default=None, help=f"Seed of the held-out split and the GMM init [{D.seed}].")
+@click.option("--device", default=None, help=f"cpu, cuda, cuda:N or auto [{D.device}].")
 @click.option("--batch-size", type=int, default=None, help="Rows per streamed chunk [automatic].")
 @click.option("--dataset", default=None, help="Dataset whose latents a tokenizer run extracts.")
 @json_option
@@ -42,7 +45,7 @@ def fit_gmm_cmd(tokenizers, components, out, dataset, as_json, **opts):
     \b
     latentlab fit-gmm --tokenizer workspace/stores/pixels --components 1,2,5,10,20,50 --out gmm-out
     """
-    from latentlab.analysis.nll import FitGMMConfig, fit_gmm_curves
+    from latentlab.analysis.nll import fit_gmm_curves
     from latentlab.config import merge
 
     overrides = {k: v for k, v in opts.items() if v is not None}
