@@ -206,7 +206,8 @@ def _write_recon_outputs(summary: dict, psnr: np.ndarray, ssim: np.ndarray, labe
     save_csv(pd.DataFrame({"index": np.arange(len(psnr)), "label": labels[:len(psnr)], "psnr": psnr, "ssim": ssim}),
              out / "recon_images.csv")
     save_json(summary, out / "recon.json")
-    plot_recon_grid(*shown, out / "recon_grid", title=f"{summary['tokenizer']} on {summary['dataset']}:{summary['split']}")
+    plot_recon_grid(*shown, out / "recon_grid",
+                    title=f"{summary['tokenizer']} on {summary['dataset']}:{summary['split']}")
     summary["files"] = {k: str(out / f) for k, f in (("csv", "recon.csv"), ("per_image", "recon_images.csv"),
                                                      ("json", "recon.json"), ("figure", "recon_grid.png"))}
 

@@ -209,7 +209,8 @@ class TorchScriptExtractor(FeatureExtractor):
                 warnings.simplefilter("ignore", DeprecationWarning)   # torch >= 2.9 deprecates TorchScript
                 self.net = torch.jit.load(str(p), map_location=self.device).eval()
         except Exception as e:
-            raise LatentlabError(f"{p} is not a TorchScript file ({type(e).__name__}); save it with torch.jit.save") from None
+            raise LatentlabError(f"{p} is not a TorchScript file ({type(e).__name__}); "
+                                 "save it with torch.jit.save") from None
         self.path, self.weights_hash = str(p), file_hash(p)
 
     def identity(self) -> dict:
