@@ -189,3 +189,36 @@ def test_imported_latents_skip_decoding(tmp_path):
     assert np.load(tmp_path / "s" / "latents.npy").shape == (4, 4, 2)
     code, _, err = run_cli("sample", "--sit", str(tmp_path / "imp"), "--out", str(tmp_path / "x"))
     assert code == 2 and err.startswith("error:")
+
+
+def test_sample_decodes_through_the_tokenizer_run(tmp_path):
+    from latentlab.data import to_uint8
+    from latentlab.io import load_safetensors, save_safetensors
+    from latentlab.models.tokenizer_train import TokenizerRunConfig, train_tokenizer
+    from latentlab.models.tokenizers import load_tokenizer
+
+    tok = tmp_path / "tok"
+    small = dict(width=32, depth=1, dec_width=32, dec_depth=1, heads=2, num_tokens=4, token_dim=4)
+    train_tokenizer(TokenizerRunConfig(arch="ae", dataset="digits", eval_images=8, model=small,
+                                       train=dict(steps=2, batch_size=8, device="cpu", warmup_steps=1)), tok)
+    run = tmp_path / "sit"
+    code, _, err = run_cli("train-sit", "--tokenizer", str(tok), "--steps", "2", "--out", str(run),
+                           "--config", str(_cfg_file(tmp_path)))
+    assert code == 0, err
+    prov = json.loads((run / "config.json").read_text())["latents"]
+    assert prov["tokenizer_spec"] == str(tok.resolve()) and prov["checkpoint_hash"]
+    code, out, err = run_cli("sample", "--sit", str(run), "--n", "6", "--steps", "3", "--out", str(tmp_path / "s"),
+                             "--json")
+    assert code == 0, err
+    lat = np.load(tmp_path / "s" / "latents.npy")
+    imgs = np.load(tmp_path / "s" / "images.npz")["images"]
+    model, _ = load_tokenizer(tok)
+    with torch.no_grad():
+        ref = to_uint8(model.decode(torch.from_numpy(lat)))
+    assert lat.shape == (6, 4, 4) and imgs.shape == (6, 8, 8, 1)
+    assert np.abs(imgs.astype(int) - ref.astype(int)).max() <= 1
+    # a tokenizer changed after the SiT was trained is refused, not silently decoded
+    w = load_safetensors(tok / "ema.safetensors")
+    save_safetensors({k: v + 1e-3 for k, v in w.items()}, tok / "ema.safetensors")
+    code, _, err = run_cli("sample", "--sit", str(run), "--n", "2", "--steps", "2", "--out", str(tmp_path / "s2"))
+    assert code == 2 and "changed since this SiT was trained" in err and not (tmp_path / "s2").exists()
