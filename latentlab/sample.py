@@ -126,8 +126,8 @@ class PixelTokens(torch.nn.Module):
         return z.transpose(1, 2).reshape(z.shape[0], self.channels, self.size, self.size)  # (N, C, H, W)
 
 
-def _decoder_for(prov: dict, device: torch.device):
-    """(decoder with .decode, its label), or (None, why decoding is skipped)."""
+def decoder_for(prov: dict, device: torch.device):
+    """(decoder with .decode, its label) for a SiT run's `latents` provenance, or (None, why decoding is skipped)."""
     spec = prov.get("tokenizer_spec")
     if spec:
         from latentlab.extract import open_tokenizer
@@ -144,6 +144,9 @@ def _decoder_for(prov: dict, device: torch.device):
     if prov.get("tokenizer") == "pixels" and prov.get("image_size") and prov.get("channels"):
         return PixelTokens(prov["image_size"], prov["channels"]), "pixels"
     return None, "its latents were imported without a tokenizer run"
+
+
+_decoder_for = decoder_for  # older name, used by latentlab.metrics.evaluate
 
 
 @torch.no_grad()
@@ -168,7 +171,7 @@ def sample(run: str | Path, out: str | Path, cfg: SampleConfig | None = None) ->
     model, rc = load_sit(run, cfg.weights, device)
     labels = balanced_labels(cfg.n, model.cfg.num_classes, cfg.class_label)
     prov = rc.get("latents", {})
-    decoder, source = _decoder_for(prov, device) if cfg.decode else (None, "--no-decode was given")
+    decoder, source = decoder_for(prov, device) if cfg.decode else (None, "--no-decode was given")
     t0 = time.time()
     latents = sample_latents(model, labels, cfg, rc.get("normalization"))
     summary = {"run": str(run), "out": str(out), "n": cfg.n, "sample_shape": list(latents.shape[1:]),
