@@ -33,7 +33,7 @@ from latentlab.config import from_dict, merge
 from latentlab.errors import LatentlabError
 from latentlab.io import load_json, obj_hash
 from latentlab.latents import LatentStore
-from latentlab.models.sit import SiT, sit_config
+from latentlab.models.sit import SiT, sit_config, token_patch_for
 from latentlab.train import TrainConfig, TrainTask, index_batch, train, unwrap
 from latentlab.transport import TimeSampling, drop_labels, flow_loss, parse_enum, per_sample_mse, sample_t
 from latentlab.transport import interpolate, target_velocity
@@ -55,6 +55,7 @@ class SiTTrainConfig:
 
     model: str = "SiT-tiny"
     model_overrides: dict = field(default_factory=dict)   # e.g. {"depth": 2}
+    max_tokens: int = 256                                 # longer token sequences are grouped (token_patch)
     normalization: str = "channel"                        # channel | global | none
     time_sampling: str = "uniform"                        # uniform | logit-normal
     logit_mean: float = 0.0
@@ -72,8 +73,8 @@ class SiTTrainConfig:
         parse_enum(TimeSampling, self.time_sampling, "time sampling")
         if not 0.0 <= self.label_dropout < 1.0:
             raise ValueError("label_dropout must lie in [0, 1)")
-        if self.heldout_size < 1 or self.heldout_t < 1:
-            raise ValueError("heldout_size and heldout_t must be >= 1")
+        if self.heldout_size < 1 or self.heldout_t < 1 or self.max_tokens < 1:
+            raise ValueError("heldout_size, heldout_t and max_tokens must be >= 1")
 
     def train_config(self) -> TrainConfig:
         """The shared loop's TrainConfig: SiT defaults, then the preset's, then `train` overrides."""
@@ -295,9 +296,11 @@ def build_sit_task(tokenizer, cfg: SiTTrainConfig, dataset: str | None = None) -
     if heldout.source == "train-holdout":
         rows = np.setdiff1d(rows, heldout.indices)
     num_classes = int(train_store.manifest.get("num_classes", 0))
+    overrides = dict(cfg.model_overrides)
+    if train_store.layout == "tokens" and "token_patch" not in overrides:
+        overrides["token_patch"] = token_patch_for(train_store.sample_shape[0], cfg.max_tokens)
     torch.manual_seed(tcfg.seed)  # the initial weights depend on the seed only
-    model = SiT(sit_config(cfg.model, train_store.sample_shape, train_store.layout, num_classes,
-                           cfg.model_overrides))
+    model = SiT(sit_config(cfg.model, train_store.sample_shape, train_store.layout, num_classes, overrides))
     model.check_shape(train_store.sample_shape, train_store.layout, f"latents in {train_store.path}")
     if test_store is not None:
         model.check_shape(test_store.sample_shape, test_store.layout, f"latents in {test_store.path}")

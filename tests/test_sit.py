@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from latentlab.errors import LatentlabError
-from latentlab.models.sit import SIT_MODELS, SiT, SiTConfig, sincos_1d, sincos_2d, sit_config
+from latentlab.models.sit import SIT_MODELS, SiT, SiTConfig, sincos_1d, sincos_2d, sit_config, token_patch_for
 
 
 def test_token_and_grid_shapes_and_zero_init():
@@ -77,3 +77,17 @@ def test_bad_shapes_are_one_line_errors():
     with pytest.raises(LatentlabError, match=r"built for \(16, 8\)") as e:
         m.check_shape((32, 4), "tokens", "store X")
     assert "\n" not in str(e.value)
+
+
+def test_token_patch_groups_consecutive_tokens():
+    assert token_patch_for(1024, 256) == 4 and token_patch_for(128, 256) == 1 and token_patch_for(1024, 64) == 16
+    assert token_patch_for(7, 2) == 7  # a prime length falls back to one group
+    m = SiT(SiTConfig(depth=1, hidden_size=16, num_heads=2, sample_shape=(12, 3), token_patch=4))
+    x = torch.randn(2, 12, 3)
+    assert m.embed.pos.shape == (1, 3, 16) and m.embed.proj.in_features == 12
+    # group g holds tokens 4g..4g+3, channels last; unembed is the inverse reshape
+    grouped = torch.stack([x[:, 4 * g:4 * g + 4].reshape(2, -1) for g in range(3)], 1)  # (N, 3, 12)
+    assert torch.equal(m.embed.unembed(grouped), x)
+    assert m(x, torch.rand(2), torch.tensor([0, 1])).shape == (2, 12, 3)
+    with pytest.raises(LatentlabError, match="token_patch 5"):
+        SiT(SiTConfig(sample_shape=(12, 3), token_patch=5))

@@ -1,5 +1,6 @@
 """train-sit and sample end to end on small planted latents (CPU, tiny overrides)."""
 
+import dataclasses
 import json
 
 import numpy as np
@@ -93,6 +94,10 @@ def test_heldout_set_identical_across_tokenizers_of_a_dataset(tmp_path):
     task, _ = build_sit_task(str(solo.path), cfg())
     assert task.heldout.source == "train-holdout" and task.heldout.n == 48
     assert not np.intersect1d(task.rows, task.heldout.indices).size and len(task.rows) == 240 - 48
+    # sequences longer than max_tokens are grouped; the choice is recorded in the model config
+    assert task.model.cfg.token_patch == 1
+    grouped, _ = build_sit_task(str(solo.path), dataclasses.replace(cfg(), max_tokens=2))
+    assert grouped.model.cfg.token_patch == 2 and grouped.run_config()["model"]["token_patch"] == 2
 
 
 def test_normalisation_uses_store_stats_and_inverts(tmp_path):
@@ -154,6 +159,7 @@ def test_sample_cli_deterministic_balanced_and_decodes_pixels(tmp_path):
                              "--config", str(_cfg_file(tmp_path)), "--json")
     assert code == 0, err
     assert json.loads(out)["sample_shape"] == [64, 1]
+    assert json.loads((run / "config.json").read_text())["model"]["token_patch"] == 1  # 64 <= max_tokens
     args = ("sample", "--sit", str(run), "--n", "12", "--steps", "4", "--seed", "3")
     code, out, err = run_cli(*args, "--batch-size", "5", "--out", str(tmp_path / "s1"), "--json")
     assert code == 0, err

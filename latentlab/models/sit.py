@@ -37,6 +37,7 @@ class SiTConfig:
     num_heads: int = 4
     mlp_ratio: float = 4.0
     patch_size: int = 2           # grid layout only: p x p patches
+    token_patch: int = 1          # tokens layout only: groups of p consecutive tokens
     sample_shape: tuple[int, ...] = (16, 8)   # (T, C) for "tokens", (C, H, W) for "grid"
     layout: str = "tokens"
     num_classes: int = 10         # 0 = unconditional (only the null class exists)
@@ -95,20 +96,26 @@ class LabelEmbedder(nn.Module):
 # ---------------------------------------------------------------- input embedders
 
 class TokenEmbed(nn.Module):
-    """(N, T, C) tokens -> (N, T, D) with fixed 1D sin-cos positions."""
+    """(N, T, C) tokens -> (N, T/p, D): groups of p consecutive tokens, linear map, 1D sin-cos positions.
 
-    def __init__(self, tokens: int, channels: int, hidden_size: int):
+    p = 1 (the default) embeds every token on its own; p > 1 shortens long sequences such as
+    raw-pixel tokens (1024 for 32x32), as patches do for grids.
+    """
+
+    def __init__(self, tokens: int, channels: int, hidden_size: int, patch: int = 1):
         super().__init__()
-        self.proj = nn.Linear(channels, hidden_size)
-        pos = torch.from_numpy(sincos_1d(hidden_size, np.arange(tokens))).float()[None]  # (1, T, D)
+        self.t, self.c, self.p = tokens, channels, patch
+        self.proj = nn.Linear(patch * channels, hidden_size)
+        pos = torch.from_numpy(sincos_1d(hidden_size, np.arange(tokens // patch))).float()[None]  # (1, T/p, D)
         self.register_buffer("pos", pos, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.proj(x) + self.pos  # (N, T, D)
+        x = x.reshape(x.shape[0], self.t // self.p, self.p * self.c)  # (N, T/p, p*C)
+        return self.proj(x) + self.pos                                # (N, T/p, D)
 
     def unembed(self, x: torch.Tensor) -> torch.Tensor:
-        """Final-layer output back to the sample shape (identity: it is already (N, T, C))."""
-        return x
+        """Final-layer output (N, T/p, p*C) back to the sample shape (N, T, C)."""
+        return x.reshape(x.shape[0], self.t, self.c)
 
 
 class GridEmbed(nn.Module):
@@ -180,8 +187,11 @@ class SiT(nn.Module):
             if len(cfg.sample_shape) != 2:
                 raise LatentlabError(f"a 'tokens' SiT needs sample_shape (T, C); got {cfg.sample_shape}")
             t_, c = cfg.sample_shape
-            self.embed: nn.Module = TokenEmbed(t_, c, d)
-            out = c
+            if cfg.token_patch < 1 or t_ % cfg.token_patch:
+                raise LatentlabError(f"{t_} tokens cannot be grouped by token_patch {cfg.token_patch}; "
+                                     "choose a divisor of the number of tokens")
+            self.embed: nn.Module = TokenEmbed(t_, c, d, cfg.token_patch)
+            out = cfg.token_patch * c
         elif cfg.layout == "grid":
             if len(cfg.sample_shape) != 3:
                 raise LatentlabError(f"a 'grid' SiT needs sample_shape (C, H, W); got {cfg.sample_shape}")
@@ -266,3 +276,8 @@ def sit_config(name: str, sample_shape: tuple[int, ...], layout: str, num_classe
                                 "num_classes": int(num_classes), **(overrides or {})}, "SiT model_overrides")
     cfg.sample_shape = tuple(int(s) for s in cfg.sample_shape)
     return cfg
+
+
+def token_patch_for(tokens: int, max_tokens: int) -> int:
+    """The smallest p dividing `tokens` with tokens / p <= max_tokens (1 when already short enough)."""
+    return next(p for p in range(1, tokens + 1) if tokens % p == 0 and tokens // p <= max_tokens)
