@@ -23,20 +23,24 @@ IMAG_TOL = 1e-3          # largest imaginary part (relative) of sqrt(eig(S1 S2))
 
 
 class FeatureStats:
-    """Streaming mean and covariance of feature vectors in float64 (Chan et al.'s pairwise merge)."""
+    """Streaming mean and covariance of feature vectors in float64 (Chan et al.'s pairwise merge).
+
+    The sums run in torch (on the CPU, with torch's thread setting): numpy's BLAS would start
+    its own thread pool next to torch's.
+    """
 
     def __init__(self, dim: int | None = None):
         self.n = 0
         self.dim = dim
-        self._mean: np.ndarray | None = None
-        self._scatter: np.ndarray | None = None  # sum of (x - mean)(x - mean)^T
+        self._mean: torch.Tensor | None = None      # (D,) float64
+        self._scatter: torch.Tensor | None = None   # (D, D) sum of (x - mean)(x - mean)^T
 
     def update(self, feats: torch.Tensor | np.ndarray) -> "FeatureStats":
         """Add a batch of features (B, D); returns self."""
-        x = feats.detach().cpu().double().numpy() if isinstance(feats, torch.Tensor) else np.asarray(feats, np.float64)
+        x = torch.as_tensor(feats).detach().to("cpu", torch.float64)
         if x.ndim != 2:
             raise LatentlabError(f"features must be (N, D), got shape {tuple(x.shape)}")
-        if not np.all(np.isfinite(x)):
+        if not bool(torch.isfinite(x).all()):
             raise LatentlabError("the feature extractor returned NaN or inf; check the input images and the extractor")
         if self.dim is None:
             self.dim = x.shape[1]
@@ -45,7 +49,7 @@ class FeatureStats:
         nb = x.shape[0]
         if nb == 0:
             return self
-        mb = x.mean(axis=0)                        # (D,)
+        mb = x.mean(0)                             # (D,)
         xc = x - mb                                # (B, D)
         sb = xc.T @ xc                             # (D, D)
         if self.n == 0:
@@ -54,7 +58,7 @@ class FeatureStats:
             n = self.n + nb
             delta = mb - self._mean                # (D,)
             self._mean = self._mean + delta * (nb / n)
-            self._scatter = self._scatter + sb + np.outer(delta, delta) * (self.n * nb / n)
+            self._scatter = self._scatter + sb + torch.outer(delta, delta) * (self.n * nb / n)
         self.n += nb
         return self
 
@@ -63,14 +67,14 @@ class FeatureStats:
         """Mean feature (D,), float64."""
         if self.n == 0:
             raise LatentlabError("no features were accumulated")
-        return self._mean
+        return self._mean.numpy()
 
     @property
     def cov(self) -> np.ndarray:
         """Unbiased covariance (D, D), float64 (needs at least 2 samples)."""
         if self.n < 2:
             raise LatentlabError(f"the Fréchet distance needs at least 2 images, got {self.n}")
-        return self._scatter / (self.n - 1)
+        return (self._scatter / (self.n - 1)).numpy()
 
 
 @dataclass
