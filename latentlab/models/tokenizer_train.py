@@ -47,12 +47,6 @@ class TokenizerRunConfig:
         return from_dict(TrainConfig, {**TRAIN_DEFAULTS, **self.train}, "train config")
 
 
-def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB of images in [-1, 1] (peak-to-peak 2): (N,)."""
-    mse = (x_hat.float() - x.float()).pow(2).flatten(1).mean(1).clamp_min(1e-10)
-    return 10.0 * torch.log10(4.0 / mse)
-
-
 def save_grid(rows: list[torch.Tensor], path: Path, min_side: int = 64) -> None:
     """Save rows of images (each (n, C, H, W) in [-1, 1]) as one PNG grid, upscaled to >= min_side px."""
     from PIL import Image
@@ -86,8 +80,10 @@ class TokenizerTask(TrainTask):
         return model(batch, generator=generator, step=step)
 
     def evaluate(self, ema_model, step):
+        from latentlab.metrics.recon import psnr, to_unit
+
         rec = reconstruct(ema_model, self.eval_x)
-        return {"psnr": float(psnr(rec, self.eval_x).mean()), "mse": float((rec - self.eval_x).pow(2).mean())}
+        return {"psnr": float(psnr(to_unit(rec), to_unit(self.eval_x)).mean()), "mse": float((rec - self.eval_x).pow(2).mean())}
 
     def visualize(self, ema_model, step, out_dir):
         x = self.eval_x[: self.sample_images]
