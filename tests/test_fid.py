@@ -205,3 +205,15 @@ def test_cache_with_a_tampered_identity_is_recomputed(tmp_path):
 def test_gaussian_stats_roundtrip(rng):
     s = GaussianStats.from_stats(FeatureStats().update(rng.normal(size=(10, 3))))
     assert s.n == 10 and s.mu.shape == (3,) and s.sigma.shape == (3, 3)
+
+
+def test_real_limit_is_a_fixed_spread_subset():
+    from latentlab.metrics.images import from_array, limit_indices
+
+    idx = limit_indices(1000, 100)
+    assert len(idx) == 100 and np.array_equal(idx, np.sort(idx)) and np.array_equal(idx, limit_indices(1000, 100))
+    labels = np.repeat(np.arange(10), 100)                       # class-sorted, like mnist5k's splits
+    assert len(np.unique(labels[idx])) == 10
+    imgs = from_array(np.arange(50, dtype=np.uint8).reshape(50, 1, 1, 1).repeat(4, 1).repeat(4, 2))
+    got = torch.cat(list(imgs.batches(7, limit=20)))[:, 0, 0, 0]
+    assert torch.equal(got, (torch.from_numpy(limit_indices(50, 20)).float() / 127.5 - 1))

@@ -48,7 +48,7 @@ def _fd_text(s: dict) -> str:
               help="A folder of PNG/JPEG images or an images.npz (uint8 N x H x W x C under 'images').")
 @extractor_option
 @click.option("--lenet-dataset", default=None, help="Dataset the lenet is trained on when --real is not a dataset.")
-@click.option("--real-limit", type=int, default=None, help="Use only the first N real images.")
+@click.option("--real-limit", type=int, default=None, help="Use a fixed random subset of N real images.")
 @batch_option
 @device_option
 @click.option("--out", type=click.Path(), default=None, help="Also write fid.csv, fid.json and samples.png here.")

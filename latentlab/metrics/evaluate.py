@@ -36,7 +36,7 @@ class MetricsConfig:
     batch_size: int = 250
     device: str = "auto"
     is_splits: int = 10
-    real_limit: int | None = None       # use the first N real images only (None: the whole split)
+    real_limit: int | None = None       # a fixed random subset of N real images (None: the whole split)
     lenet_dataset: str | None = None    # data the lenet is trained on when --real is not a dataset
     n: int | None = None                # gFID samples: None = 10,000 (embedded data) or 50,000
     cfg: float = 1.0                    # gFID sampling: guidance scale, steps, sampler, seed, weights
@@ -85,7 +85,8 @@ def _reference(real: str, ext: FeatureExtractor, cfg: MetricsConfig, image_size:
     p = Path(real).expanduser()
     if p.exists():
         imgs = open_images(p)
-        s = compute_features(ext, imgs.batches(cfg.batch_size, cfg.real_limit), total=imgs.n, desc="real features",
+        n = min(imgs.n, cfg.real_limit or imgs.n)
+        s = compute_features(ext, imgs.batches(cfg.batch_size, cfg.real_limit), total=n, desc="real features",
                              keep_logits=False)
         return s.stats, {**imgs.describe(), "n": s.stats.n, "stats_cached": False}
     dataset, split = parse_real(real)

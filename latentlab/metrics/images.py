@@ -22,6 +22,13 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 NPZ_KEY = "images"
 
 
+def limit_indices(n: int, limit: int | None) -> np.ndarray:
+    """All of range(n), or a fixed random subset of `limit` of them (sorted; datasets are often class-sorted)."""
+    if limit is None or limit >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(0).permutation(n)[:limit])
+
+
 @dataclass
 class ImageSet:
     """N images of one size: from an in-memory uint8 array (N, H, W, C) or a list of files."""
@@ -41,10 +48,10 @@ class ImageSet:
         return np.stack([_read_file(self.files[int(i)], self.channels) for i in idx])
 
     def batches(self, batch_size: int, limit: int | None = None) -> Iterator[torch.Tensor]:
-        """Float batches (B, C, H, W) in [-1, 1], in order (the first `limit` images if given)."""
-        n = self.n if limit is None else min(limit, self.n)
-        for i in range(0, n, batch_size):
-            yield to_tensor(self.uint8(np.arange(i, min(i + batch_size, n))))
+        """Float batches (B, C, H, W) in [-1, 1], in order (a fixed random subset of `limit` images if given)."""
+        idx = limit_indices(self.n, limit)
+        for i in range(0, len(idx), batch_size):
+            yield to_tensor(self.uint8(idx[i:i + batch_size]))
 
     def describe(self) -> dict:
         """Source, count and shape, for summaries."""

@@ -20,6 +20,7 @@ from latentlab.errors import LatentlabError
 from latentlab.io import atomic_path, obj_hash
 from latentlab.metrics.extractors import FeatureExtractor
 from latentlab.metrics.fid import FeatureStats, GaussianStats
+from latentlab.metrics.images import limit_indices
 from latentlab.utils import progress
 
 CACHE_VERSION = 1
@@ -51,8 +52,7 @@ def compute_features(extractor: FeatureExtractor, batches: Iterable[torch.Tensor
 
 
 def _dataset_batches(ds, batch_size: int, limit: int | None) -> Iterable[torch.Tensor]:
-    idx = np.arange(len(ds) if limit is None else min(limit, len(ds)))
-    for images, _ in ds.batches(batch_size, indices=idx):
+    for images, _ in ds.batches(batch_size, indices=limit_indices(len(ds), limit)):
         yield images
 
 
