@@ -214,3 +214,34 @@ def clean_partial(out: str | os.PathLike) -> list[str]:
         shutil.rmtree(p)
         removed.append(str(p))
     return removed
+
+
+# ---------------------------------------------------------------- variants (for analyses/)
+
+def base_config(scale: str, data: str | None = None) -> dict:
+    """The shipped study config for `scale` ("cpu": studies/default.yaml, "imagenet": studies/imagenet.yaml)."""
+    root = Path(__file__).resolve().parent.parent / "studies"
+    names = {"cpu": "default.yaml", "imagenet": "imagenet.yaml"}
+    if scale not in names:
+        raise LatentlabError(f"unknown scale {scale!r}; use cpu or imagenet")
+    if not (root / names[scale]).is_file():
+        raise LatentlabError(f"{root / names[scale]} not found; run the analyses from a latentlab source checkout")
+    cfg = load_mapping(root / names[scale])
+    if data:
+        cfg["dataset"] = data
+    return cfg
+
+
+def with_tokenizers(cfg: dict, tokenizers: dict[str, dict], steps: int | None = None) -> dict:
+    """A copy of study config `cfg` with these tokenizers; `steps` (for quick checks) caps every training length."""
+    import copy
+
+    out = copy.deepcopy(cfg)
+    out["tokenizers"] = copy.deepcopy(tokenizers)
+    if steps is not None:
+        for entry in out["tokenizers"].values():
+            entry.setdefault("train", {})["steps"] = steps
+            if entry.get("decoder_finetune") is not None:
+                entry["decoder_finetune"]["steps"] = max(1, steps // 4)
+        out.setdefault("sit", {}).setdefault("train", {})["steps"] = steps
+    return out

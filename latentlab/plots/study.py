@@ -72,3 +72,25 @@ def plot_pca_spectrum(pcas: dict, path: str | os.PathLike, threshold: float = 0.
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return save_figure(fig, path)
+
+
+def plot_gmm_and_sit(gmm: pd.DataFrame, sit_curves: pd.DataFrame, path: str | os.PathLike,
+                     tokenizers: list[str] | None = None) -> Path:
+    """MAETok Fig. 2 side by side: (a) held-out GMM NLL against K, (b) SiT held-out loss against step."""
+    names = tokenizers or list(dict.fromkeys(gmm.tokenizer))
+    fig, axes = new_figure(2, size=(5.2, 3.8))
+    a, b = axes[0]
+    for i, name in enumerate(names):
+        color = f"C{i}"
+        g = gmm[gmm.tokenizer == name].sort_values("n_components")
+        a.plot(g.n_components, g.heldout_nll, marker="o", ms=3, color=color, label=name)
+        c = sit_curves[(sit_curves.tokenizer == name) & (sit_curves.t.astype(str) == "mean")].sort_values("step")
+        b.plot(c.step, c.loss, marker="o", ms=3, color=color, label=name)
+    dim = int(gmm.pca_dim.iloc[0]) if len(gmm) else 0
+    a.set(xscale="log", xlabel="number of GMM components K", ylabel=f"held-out NLL (nats, {dim}-dim PCA)",
+          title="(a) GMM NLL against components")
+    b.set(xlabel="SiT training step", ylabel="held-out SiT loss (EMA)", title="(b) SiT loss")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    return save_figure(fig, path)
