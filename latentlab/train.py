@@ -254,6 +254,8 @@ def train(task: TrainTask, cfg: TrainConfig, out_dir: str | Path, resume: bool =
     """Train `task.model` under `cfg`, writing the run directory `out_dir`; returns a summary dict."""
     out = Path(out_dir)
     device = get_device(cfg.device)
+    if device.type == "cuda" and device.index is None:  # under torchrun: this rank's GPU (set from LOCAL_RANK)
+        device = torch.device("cuda", torch.cuda.current_device())
     r, ws = rank(), world_size()
     if cfg.batch_size % ws:
         raise LatentlabError(f"batch_size {cfg.batch_size} is not divisible by the {ws} ranks; change --batch-size")
