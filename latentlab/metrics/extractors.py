@@ -60,9 +60,9 @@ class FeatureExtractor:
 
     @torch.no_grad()
     def extract(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(features (N, D), logits (N, K) or None) as float32 on CPU."""
+        """(features (N, D), logits (N, K) or None) as float32 on the extractor's device."""
         feats, logits = self._forward(self.prepare(images))
-        return feats.float().cpu(), (None if logits is None else logits.float().cpu())
+        return feats.float(), (None if logits is None else logits.float())
 
 
 def fit_images(x: torch.Tensor, channels: int | None, size: int | None, who: str = "extractor") -> torch.Tensor:

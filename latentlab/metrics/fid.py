@@ -25,8 +25,8 @@ IMAG_TOL = 1e-3          # largest imaginary part (relative) of sqrt(eig(S1 S2))
 class FeatureStats:
     """Streaming mean and covariance of feature vectors in float64 (Chan et al.'s pairwise merge).
 
-    The sums run in torch (on the CPU, with torch's thread setting): numpy's BLAS would start
-    its own thread pool next to torch's.
+    The sums run in torch, on the device the features come from (a GPU keeps them there), with
+    torch's thread setting on the CPU: numpy's BLAS would start its own pool next to torch's.
     """
 
     def __init__(self, dim: int | None = None):
@@ -37,7 +37,8 @@ class FeatureStats:
 
     def update(self, feats: torch.Tensor | np.ndarray) -> "FeatureStats":
         """Add a batch of features (B, D); returns self."""
-        x = torch.as_tensor(feats).detach().to("cpu", torch.float64)
+        x = torch.as_tensor(feats).detach()
+        x = x.to(self._mean.device if self._mean is not None else x.device, torch.float64)
         if x.ndim != 2:
             raise LatentlabError(f"features must be (N, D), got shape {tuple(x.shape)}")
         if not bool(torch.isfinite(x).all()):
@@ -67,14 +68,14 @@ class FeatureStats:
         """Mean feature (D,), float64."""
         if self.n == 0:
             raise LatentlabError("no features were accumulated")
-        return self._mean.numpy()
+        return self._mean.cpu().numpy()
 
     @property
     def cov(self) -> np.ndarray:
         """Unbiased covariance (D, D), float64 (needs at least 2 samples)."""
         if self.n < 2:
             raise LatentlabError(f"the Fréchet distance needs at least 2 images, got {self.n}")
-        return (self._scatter / (self.n - 1)).numpy()
+        return (self._scatter / (self.n - 1)).cpu().numpy()
 
 
 @dataclass

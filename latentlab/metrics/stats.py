@@ -43,7 +43,7 @@ def compute_features(extractor: FeatureExtractor, batches: Iterable[torch.Tensor
         feats, lg = extractor.extract(images)          # (B, D), (B, K) | None
         acc.update(feats)
         if keep_logits and lg is not None:
-            logits.append(lg.numpy())
+            logits.append(lg.cpu().numpy())
         bar.update(len(images))
     bar.close()
     if acc.n < 2:
