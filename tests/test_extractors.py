@@ -127,3 +127,39 @@ def test_missing_extractors_are_clear_errors(tmp_path, monkeypatch):
         assert "pip install 'latentlab[fid]'" in msg and where in msg and "\n" not in msg
     with pytest.raises(LatentlabError, match="unknown DINOv2 variant"):
         get_extractor("dinov2:vit-x-99")
+
+
+def test_inception_glue_with_a_stand_in_torch_fidelity(monkeypatch, tmp_path):
+    """The wrapper's side of the torch-fidelity contract: uint8 RGB in, (2048 features, logits) out, named FID."""
+    import types
+
+    seen = {}
+
+    class StandIn(torch.nn.Module):
+        def __init__(self, name, features_list, feature_extractor_weights_path=None):
+            super().__init__()
+            seen.update(name=name, features=features_list, weights=feature_extractor_weights_path)
+
+        def forward(self, x):
+            seen["input"] = x
+            f = x.float().mean((2, 3))                                     # (N, 3)
+            return f.repeat(1, 4), f[:, :2]
+
+    pkg = types.ModuleType("torch_fidelity")
+    sub = types.ModuleType("torch_fidelity.feature_extractor_inceptionv3")
+    sub.FeatureExtractorInceptionV3 = StandIn
+    monkeypatch.setitem(sys.modules, "torch_fidelity", pkg)
+    monkeypatch.setitem(sys.modules, "torch_fidelity.feature_extractor_inceptionv3", sub)
+    weights = tmp_path / "w.pth"
+    weights.write_bytes(b"weights")
+    ext = get_extractor(f"inception:{weights}", device="cpu")
+    x = torch.linspace(-1, 1, 2 * 64).view(2, 1, 8, 8)                      # gray, [-1, 1]
+    feats, logits = ext.extract(x)
+    inp = seen["input"]
+    assert inp.dtype == torch.uint8 and inp.shape == (2, 3, 8, 8) and torch.equal(inp[:, 0], inp[:, 2])
+    assert int(inp.min()) == 0 and int(inp.max()) == 255
+    assert seen["features"] == ["2048", "logits_unbiased"] and seen["weights"] == str(weights)
+    assert feats.shape == (2, 12) and logits.shape == (2, 2)
+    assert ext.metric == "fid" and ext.is_metric == "isc" and len(ext.identity()["weights"]) == 16
+    with pytest.raises(LatentlabError, match="Inception weights not found"):
+        get_extractor(f"inception:{tmp_path / 'missing.pth'}")
