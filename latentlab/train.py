@@ -36,7 +36,7 @@ How to use it (the whole interface)::
   - `run_config() -> dict`: what the run needs to rebuild itself; stored in `config.json`.
 
 The loop: AdamW (weight decay on matrices only) with linear warm-up and a cosine (or constant)
-schedule, gradient-norm clipping, an EMA copy (`update_ema`), bf16 autocast on CUDA, DDP under
+schedule, gradient-norm clipping, an EMA copy (`update_ema`; it equals the model during warm-up), bf16 autocast on CUDA, DDP under
 torchrun (gloo on CPU; `batch_size` is the global batch, split over ranks). A run directory holds
 `config.json`, `model.safetensors`, `ema.safetensors`, `state.pt` (optimizer, step, RNG states;
 loadable with `weights_only=True`), `metrics.jsonl` (one JSON line per log/eval) and `samples/`.
