@@ -243,7 +243,7 @@ def eval_sit(run: str | Path, cfg: MetricsConfig | None = None, out: str | Path 
 
     Writes OUT/gfid.csv, OUT/gfid.json and OUT/samples.png; OUT defaults to RUN/eval.
     """
-    from latentlab.sample import _decoder_for, balanced_labels, load_sit
+    from latentlab.sample import balanced_labels, decoder_for, load_sit
     from latentlab.utils import get_device
 
     cfg = cfg or MetricsConfig()
@@ -255,7 +255,7 @@ def eval_sit(run: str | Path, cfg: MetricsConfig | None = None, out: str | Path 
     if not dataset:
         raise LatentlabError(f"{run} does not record the dataset of its latents; compute FD on `latentlab sample` "
                              "output with `latentlab fid --real DATASET:train --fake OUT/images.npz`")
-    decoder, source = _decoder_for(prov, device)
+    decoder, source = decoder_for(prov, device)
     if decoder is None:
         raise LatentlabError(f"cannot decode samples of {run}: {source}; gFID needs images")
     n = cfg.n or default_n_samples(dataset)
