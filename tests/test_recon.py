@@ -6,7 +6,7 @@ import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from latentlab.errors import LatentlabError
-from latentlab.metrics.recon import gaussian_window, psnr, recon_metrics, ssim, to_unit
+from latentlab.metrics.recon import gaussian_window, psnr, recon_metrics, ssim, ssim_sigma, to_unit
 
 
 def pairs(seed, n, c, h, w, noise):
@@ -65,4 +65,18 @@ def test_bad_shapes_are_errors():
         ssim(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 8))
     with pytest.raises(LatentlabError, match="one shape"):
         psnr(torch.zeros(1, 1, 8, 8), torch.zeros(1, 1, 8, 9))
-    assert torch.isnan(recon_metrics(torch.zeros(2, 1, 8, 8), torch.zeros(2, 1, 8, 8))["ssim"]).all()
+
+
+
+def test_small_images_use_the_largest_fitting_window():
+    """8x8 digits: SSIM with the shrunk sigma equals skimage's with that sigma."""
+    rng = np.random.default_rng(3)
+    a = rng.uniform(size=(4, 1, 8, 8))
+    b = np.clip(a + rng.normal(0, 0.1, a.shape), 0, 1)
+    sigma = ssim_sigma(8, 8)
+    assert len(gaussian_window(sigma)) == 7
+    ours = recon_metrics(torch.from_numpy(a) * 2 - 1, torch.from_numpy(b) * 2 - 1)["ssim"].numpy()
+    ref = [structural_similarity(x[0], y[0], gaussian_weights=True, sigma=sigma, use_sample_covariance=False,
+                                 data_range=1) for x, y in zip(a, b)]
+    np.testing.assert_allclose(ours, ref, atol=1e-6)
+    assert ssim_sigma(32, 32) == 1.5

@@ -156,7 +156,7 @@ def eval_tokenizer(run: str | Path, cfg: MetricsConfig | None = None, out: str |
     from latentlab.data import get_dataset, to_uint8
     from latentlab.extract import open_tokenizer
     from latentlab.metrics.fid import FeatureStats
-    from latentlab.metrics.recon import recon_metrics
+    from latentlab.metrics.recon import recon_metrics, ssim_sigma
     from latentlab.models.tokenizers import reconstruct
     from latentlab.utils import get_device, progress
 
@@ -186,6 +186,7 @@ def eval_tokenizer(run: str | Path, cfg: MetricsConfig | None = None, out: str |
                "n": len(ds), "metric": name, name: fd_between(ref, rec),
                "psnr": float(np.mean(psnr)), "psnr_std": float(np.std(psnr)),
                "ssim": float(np.mean(ssim)), "ssim_std": float(np.std(ssim)),
+               "ssim_sigma": ssim_sigma(ds.image_size, ds.image_size),
                "checkpoint_hash": info.get("checkpoint_hash"), "extractor": ext.describe()}
     _write_recon_outputs(summary, psnr, ssim, ds.labels, shown, out)
     return summary
@@ -199,7 +200,7 @@ def _write_recon_outputs(summary: dict, psnr: np.ndarray, ssim: np.ndarray, labe
     from latentlab.plots.recon import plot_recon_grid
 
     ext = summary["extractor"]
-    row = {k: summary[k] for k in ("tokenizer", "dataset", "split", "n", "psnr", "psnr_std", "ssim", "ssim_std",
+    row = {k: summary[k] for k in ("tokenizer", "dataset", "split", "n", "psnr", "psnr_std", "ssim", "ssim_std", "ssim_sigma",
                                    summary["metric"])}
     row.update(extractor=ext["name"], extractor_test_accuracy=ext.get("test_accuracy"),
                checkpoint_hash=summary["checkpoint_hash"])

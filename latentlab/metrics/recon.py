@@ -8,7 +8,9 @@ Conventions (the same as scikit-image, against which the tests check them):
   (11 x 11), population covariances, K1 = 0.01, K2 = 0.03, averaged over the valid
   (un-padded) region and then over channels; this equals
   skimage.metrics.structural_similarity(a, b, gaussian_weights=True, sigma=1.5,
-  use_sample_covariance=False, data_range=1, channel_axis=-1). Images need at least 11 x 11 pixels.
+  use_sample_covariance=False, data_range=1, channel_axis=-1). Images smaller than the 11 x 11
+  window (sklearn's 8 x 8 digits) use the largest sigma whose window fits (`ssim_sigma`), which
+  skimage reproduces with the same sigma; the sigma used is reported next to the SSIM.
 """
 
 from __future__ import annotations
@@ -77,12 +79,18 @@ def ssim(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0, sigma: float
     return s.flatten(1).mean(1).view(n, c).mean(1)                      # (N,)
 
 
+def ssim_sigma(height: int, width: int) -> float:
+    """1.5, or for images smaller than its 11 x 11 window the largest sigma whose window fits."""
+    side = min(height, width)
+    if side >= len(gaussian_window(SSIM_SIGMA)):
+        return SSIM_SIGMA
+    radius = (side - 1) // 2
+    if radius < 1:
+        raise LatentlabError(f"SSIM needs images of at least 3x3 pixels, got {height}x{width}")
+    return (radius - 0.49) / SSIM_TRUNCATE  # int(3.5 * sigma + 0.5) == radius
+
+
 def recon_metrics(originals: torch.Tensor, recons: torch.Tensor) -> dict[str, torch.Tensor]:
     """Per-image PSNR (dB) and SSIM of reconstructions, both (N,), for images (N, C, H, W) in [-1, 1]."""
     a, b = to_unit(originals), to_unit(recons)
-    out = {"psnr": psnr(a, b)}
-    if min(a.shape[-2:]) >= len(gaussian_window()):
-        out["ssim"] = ssim(a, b)
-    else:
-        out["ssim"] = torch.full((len(a),), math.nan, dtype=torch.float64)  # too small for the 11x11 window
-    return out
+    return {"psnr": psnr(a, b), "ssim": ssim(a, b, sigma=ssim_sigma(*a.shape[-2:]))}
