@@ -77,7 +77,7 @@ def extract(tokenizer: str | Path, dataset: str | None = None, split: str = "tra
                              "pick a matching dataset")
     meta = {"name": name or info["name"], "tokenizer": info.get("tokenizer", info["name"]),
             "checkpoint_hash": info["checkpoint_hash"], "dataset": dataset, "split": split,
-            "encode": "posterior mode", "image_size": info["image_size"]}
+            "encode": "posterior mode", "image_size": info["image_size"], "spec": str(tokenizer)}
     out = Path(out)
     r, ws = rank(), world_size()
     start, end = _shard(len(ds), r, ws)
@@ -143,3 +143,26 @@ def cached_latents(run_path: str | Path, dataset: str | None = None, split: str 
         except LatentlabError:
             pass  # a corrupt cache is rebuilt below
     return extract(run, dataset, split, out=path, name=run.name)
+
+
+def cached_pretrained(spec: str, dataset: str | None, split: str = "train") -> LatentStore:
+    """Latents of a pretrained tokenizer spec (e.g. "diffusers:PATH") on `dataset`/`split`, cached in the workspace.
+
+    The cache lives in WORKSPACE/pretrained/<spec>/<dataset>/<split> and is reused while the store
+    records the same spec and checkpoint hash (the hash is read from the store, so reuse does not load
+    the model).
+    """
+    from latentlab.workspace import workspace_root
+
+    if not dataset:
+        raise LatentlabError(f"{spec} is a pretrained tokenizer: give --dataset to say which images to encode")
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", spec)
+    path = cache_dir(workspace_root() / "pretrained" / slug, dataset, split)
+    if (path / "manifest.json").is_file():
+        try:
+            store = LatentStore.open(path)
+            if store.manifest.get("meta", {}).get("spec") == spec:
+                return store
+        except LatentlabError:
+            pass  # a corrupt cache is rebuilt below
+    return extract(spec, dataset, split, out=path, name=slug)

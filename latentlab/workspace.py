@@ -4,6 +4,8 @@ A tokenizer argument is `[LABEL=]SPEC`, where SPEC is one of
   - a LatentStore directory, or a store set with train/ and test/ stores;
   - a tokenizer run directory (latents are extracted on first use and cached in
     RUN/latents/<dataset>/<split>, reused while the checkpoint hash is unchanged);
+  - a pretrained tokenizer "diffusers:PATH_OR_REPO" (needs the dataset; latents cached in
+    WORKSPACE/pretrained/);
   - a name under the workspace: WORKSPACE/stores/NAME or WORKSPACE/runs/NAME.
 The workspace is $LATENTLAB_WORKSPACE, or ./workspace.
 """
@@ -55,6 +57,13 @@ def resolve_tokenizer(arg: str, dataset: str | None = None, need_test: bool = Fa
     label, sep, spec = arg.partition("=")
     if not sep:
         label, spec = "", arg
+    if spec.startswith("diffusers:"):
+        from latentlab.extract import cached_pretrained
+
+        train = cached_pretrained(spec, dataset, "train")
+        test = cached_pretrained(spec, dataset, "test")
+        return TokenizerLatents(name=label or spec.split(":", 1)[1].rstrip("/").split("/")[-1], train=train,
+                                test=test, source=spec)
     path = resolve_path(spec)
     if _is_run(path):
         from latentlab.extract import cached_latents

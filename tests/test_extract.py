@@ -132,7 +132,10 @@ def test_diffusers_adapter_interface_with_a_fake_module():
 
 
 def test_diffusers_autoencoder_kl_extracts_a_grid_store(tmp_path):
-    diffusers = pytest.importorskip("diffusers")  # the `external` extra; installed with the `test` extra
+    import diffusers  # the `external` extra; installed with the `test` extra
+
+    from latentlab.workspace import resolve_tokenizer
+
     torch.manual_seed(0)
     vae = diffusers.AutoencoderKL(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2,
                                   up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
@@ -146,6 +149,14 @@ def test_diffusers_autoencoder_kl_extracts_a_grid_store(tmp_path):
     assert np.allclose(store.get(0, 2), ref, atol=1e-5)
     with pytest.raises(LatentlabError, match="save_pretrained"):
         extract("diffusers:/nonexistent/vae", "digits", "test", tmp_path / "s2")
+    # analysis commands take the spec directly: extracted once into the workspace, then reused
+    tok = resolve_tokenizer(f"sd=diffusers:{tmp_path / 'vae'}", dataset="digits")
+    inode = (tok.train.path / "manifest.json").stat().st_ino
+    assert tok.name == "sd" and tok.test.sample_shape == (2, 4, 4) and np.allclose(tok.test.get(0, 2), ref, atol=1e-5)
+    again = resolve_tokenizer(f"diffusers:{tmp_path / 'vae'}", dataset="digits")
+    assert (again.train.path / "manifest.json").stat().st_ino == inode and again.name == "vae"  # not rewritten
+    with pytest.raises(LatentlabError, match="give --dataset"):
+        resolve_tokenizer(f"diffusers:{tmp_path / 'vae'}")
 
 
 def _extract_worker(rank, world, init_file, run, out):
