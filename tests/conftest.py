@@ -1,6 +1,7 @@
 import os
 
 os.environ.setdefault("LATENTLAB_PROGRESS", "0")
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch: see latentlab/__init__.py
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
