@@ -22,12 +22,10 @@ venv: $(STAMP)
 test: $(STAMP)
 	OMP_NUM_THREADS=2 $(BIN)/python -m pytest tests
 
-# Interim demo until the study runner exists (then: latentlab run $(STUDY) --out $(DEMO_OUT)):
-# the mnist5k pixels baseline store, then GMM NLL against the number of components. Diagonal
-# covariances: full ones with K >= 20 in the 84 PCA dimensions over-fit the 3,200 training digits.
+# The default study on the embedded mnist5k digits (see studies/default.yaml): five tokenizers,
+# their latent structure, SiT on each, generation FD, correlations, report.html.
 demo: $(STAMP)
-	OMP_NUM_THREADS=2 $(BIN)/latentlab import-latents --dataset mnist5k --out $(DEMO_OUT)/stores/pixels
-	OMP_NUM_THREADS=2 $(BIN)/latentlab fit-gmm --tokenizer pixels=$(DEMO_OUT)/stores/pixels --covariance diag --out $(DEMO_OUT)/gmm
+	OMP_NUM_THREADS=2 $(BIN)/latentlab run $(STUDY) --out $(DEMO_OUT)
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(BIN)/python $$b || exit 1; done
