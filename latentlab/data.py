@@ -266,8 +266,11 @@ class ImageFolderDataset(ImageDataset):
 
     def __init__(self, root: str, split: str, image_size: int):
         self.name, self.split, self.image_size, self.channels = "imagefolder", split, image_size, 3
-        has_split = os.path.isdir(os.path.join(root, split))
-        base = os.path.join(root, split) if has_split else root
+        sub = split if os.path.isdir(os.path.join(root, split)) else None
+        if sub is None and split == "test" and os.path.isdir(os.path.join(root, "val")):
+            sub = "val"  # ImageNet ships train/ and val/
+        has_split = sub is not None
+        base = os.path.join(root, sub) if has_split else root
         if not os.path.isdir(base):
             raise LatentlabError(f"image folder {base} not found; give imagefolder:/path/with/class/subfolders")
         self.class_names = sorted(d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d)))
@@ -306,7 +309,7 @@ class ImageFolderDataset(ImageDataset):
 
 
 def load_imagefolder(split: str = "train", root: str | None = None, image_size: int | None = None) -> ImageDataset:
-    """Any folder of class subfolders (ROOT/train/CLASS/*.jpg + ROOT/test/..., or ROOT/CLASS/* split 90/10), 256 px default."""
+    """Any folder of class subfolders (ROOT/train/CLASS/*.jpg + ROOT/test/ or ROOT/val/, or ROOT/CLASS/* split 90/10), 256 px default."""
     _check_split(split)
     if root is None:
         raise LatentlabError("imagefolder needs its folder: --dataset imagefolder:/path/to/images")

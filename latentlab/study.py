@@ -173,6 +173,11 @@ def run_study(config: str | os.PathLike | dict, out: str | os.PathLike) -> dict:
     """Run (or resume) every stage of a study into `out`; returns the summary (paths and the log)."""
     from latentlab import study_stages as S
 
+    from latentlab.utils import world_size
+
+    if world_size() > 1:
+        raise LatentlabError("latentlab run is one process (one GPU); run the heavy stages with torchrun "
+                             "(train-tokenizer, extract, train-sit) and give the study their runs/stores")
     cfg, entries = load_study_config(config)
     sections = section_configs(cfg)
     out = Path(out).resolve()

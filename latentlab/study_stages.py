@@ -80,7 +80,12 @@ def tokenizer_stages(ctx: StudyContext, name: str, entry, step: Step) -> dict[st
     res: dict[str, StageResult] = {}
 
     def tok_fn(work: Path, resume: bool) -> dict:
-        if arch in ("pixels", "store"):
+        if arch == "store":  # extracted elsewhere; its manifest may name the tokenizer run that decodes it
+            tok_info = open_split(entry.store, "train").manifest.get("tokenizer")
+            run = tok_info.get("run") if isinstance(tok_info, dict) else None
+            return {"run": None, "spec": run if run and Path(run).is_dir() else None, "kind": arch,
+                    "teacher": tok_info.get("teacher") if isinstance(tok_info, dict) else None}
+        if arch == "pixels":
             return {"run": None, "kind": arch}
         if arch == "pretrained":
             return {"run": None, "spec": entry.pretrained, "kind": "pretrained"}

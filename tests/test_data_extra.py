@@ -84,3 +84,16 @@ def test_imagefolder_flat_layout_is_split_and_empty_folder_errors(tmp_path):
     (tmp_path / "empty" / "x").mkdir(parents=True)
     with pytest.raises(LatentlabError, match="no images"):
         get_dataset(f"imagefolder:{tmp_path / 'empty'}", "train")
+
+
+def test_imagefolder_imagenet_layout_uses_val_as_test(tmp_path):
+    from PIL import Image
+
+    for split, n in (("train", 3), ("val", 1)):
+        for c in ("n01", "n02"):
+            (tmp_path / "in" / split / c).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / "in" / split / c / f"{i}.JPEG")
+    te = get_dataset(f"imagefolder:{tmp_path / 'in'}", "test", image_size=8)
+    assert len(te) == 2 and all("/val/" in f for f in te.files)
+    assert len(get_dataset(f"imagefolder:{tmp_path / 'in'}", "train", image_size=8)) == 6

@@ -45,6 +45,9 @@ def cli() -> None:
     and gFID. Run `latentlab COMMAND --help` for each command.
     """
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
+    from latentlab.utils import init_distributed_from_env
+
+    init_distributed_from_env()  # under torchrun (WORLD_SIZE > 1) every command sees its rank
 
 
 def main() -> None:
