@@ -9,8 +9,10 @@ Planted data with realistic difficulty: 10 Gaussian classes that overlap in a 64
 noise (0.01) and a per-feature offset, so the features are nearly low-rank, as latents are.
 (With larger noise, e.g. 0.5, LogisticRegression's weak C=1 penalty overfits the 1024 noise
 dimensions and the early-stopped SGD probe scores 1-4 points above it instead of matching it.) sklearn and latentlab each run in
-their own subprocess with the same thread count, on the same .npy files; the goal is
-latentlab >= 10x faster with top-1 within 1 point of sklearn.
+their own subprocess with the same thread count, on the same .npy files, and only the fit plus
+the test-set prediction is timed (imports and data loading are not, for either); the goal is
+latentlab >= 10x faster with top-1 within 1 point of sklearn. The probe's one-off lazy import of
+torch._dynamo (torch.optim does it on its first optimizer) is printed separately, with the ratio it gives.
 """
 
 from __future__ import annotations
@@ -40,25 +42,38 @@ def planted(n: int, d: int, k: int, seed: int = 0, rank: int = 64, sep: float = 
 
 
 def worker(kind: str, data: Path, threads: int) -> dict:
-    """Fit one model on data/xtr.npy and score on data/xte.npy (run in a fresh process)."""
+    """Fit one model on data/xtr.npy and score on data/xte.npy (run in a fresh process).
+
+    Only the fit and the test-set prediction are timed, for both libraries: imports and data
+    loading happen before the clock starts. torch.optim imports torch._dynamo lazily when the
+    first optimizer is built (a one-off cost per process, about 0.7 s on 2 cores); it is timed
+    separately as `init_seconds`, so both the warm and the cold (first fit in a process) ratio
+    can be reported.
+    """
     import torch
 
     torch.set_num_threads(threads)
     xtr, ytr = np.load(data / "xtr.npy"), np.load(data / "ytr.npy")
     xte, yte = np.load(data / "xte.npy"), np.load(data / "yte.npy")
-    t0 = time.perf_counter()
     if kind == "sklearn":
         from sklearn.linear_model import LogisticRegression
 
+        t0 = time.perf_counter()
         model = LogisticRegression(max_iter=1000).fit(xtr, ytr)
-        acc, extra = float(model.score(xte, yte)), {"n_iter": int(np.max(model.n_iter_))}
+        acc, extra = float(model.score(xte, yte)), {"n_iter": int(np.max(model.n_iter_)), "init_seconds": 0.0}
     else:
         from latentlab.analysis.features import Features
         from latentlab.analysis.probe import ProbeConfig, linear_probe
 
+        t_init = time.perf_counter()
+        import torch._dynamo  # noqa: F401  (what the first torch.optim optimizer would import)
+
+        init = time.perf_counter() - t_init
         cfg = ProbeConfig(device="cpu")
+        t0 = time.perf_counter()
         res = linear_probe(Features.from_arrays(xtr, ytr), Features.from_arrays(xte, yte), int(ytr.max()) + 1, cfg)
-        acc, extra = res["top1"], {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "optimizer": cfg.optimizer}
+        acc, extra = res["top1"], {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "optimizer": cfg.optimizer,
+                                   "init_seconds": init}
     return {"kind": kind, "top1": acc, "seconds": time.perf_counter() - t0, **extra}
 
 
@@ -126,11 +141,15 @@ def main() -> None:
         ref = run_worker("sklearn", data, a.threads)
     gap = 100 * (ours["top1"] - ref["top1"])
     speed = ref["seconds"] / ours["seconds"]
+    cold = ref["seconds"] / (ours["seconds"] + ours["init_seconds"])
+    load = os.getloadavg()[0]
     print(f"  sklearn LogisticRegression(max_iter=1000): top1 {ref['top1']:.4f}  {ref['seconds']:8.2f} s "
           f"({ref['n_iter']} iterations)")
     print(f"  latentlab probe ({ours['optimizer']}, {ours['epochs']} epochs, batch {ours['batch_size']}):"
-          f"       top1 {ours['top1']:.4f}  {ours['seconds']:8.2f} s")
-    print(f"  speed-up {speed:.1f}x (goal >= 10x); accuracy gap {gap:+.2f} points (goal within 1)")
+          f"        top1 {ours['top1']:.4f}  {ours['seconds']:8.2f} s "
+          f"(+ {ours['init_seconds']:.2f} s one-off torch._dynamo import per process)")
+    print(f"  speed-up {speed:.1f}x (goal >= 10x; {cold:.1f}x counting the one-off import); "
+          f"accuracy gap {gap:+.2f} points (goal within 1); load average {load:.2f} on {os.cpu_count()} cores")
     if a.gpu:
         print("ImageNet-scale probe on GPU:", json.dumps(gpu_epoch_seconds()))
     else:

@@ -26,9 +26,13 @@ OPTIMIZERS = ("adamw", "sgd")
 
 @dataclass
 class ProbeConfig:
-    """Linear-probe training settings (the defaults reach sklearn's LogisticRegression accuracy, see benchmarks/)."""
+    """Linear-probe training settings (the defaults reach sklearn's LogisticRegression accuracy, see benchmarks/).
 
-    epochs: int = 10
+    4 epochs: on the benchmark (N=50k, D=1024) and on mnist5k pixels the top-1 after 4 passes is within
+    0.1-0.3 points of 10 passes (which lower the training loss, not the test error), at 40% of the time.
+    """
+
+    epochs: int = 4
     optimizer: str = "sgd"  # SGD with momentum 0.9; or "adamw"
     lr: float | None = None  # None: 0.1 * batch_size / 256 for SGD, 1e-2 for AdamW
     weight_decay: float = 1e-4
