@@ -31,8 +31,10 @@ def _overrides(**kw) -> dict:
 @click.option("--gmm", "gmm_csv", type=click.Path(), default=None,
               help="A gmm.csv from `latentlab fit-gmm` to join in.")
 @click.option("--gmm-k", type=int, default=None, help="The number of GMM components whose held-out NLL to report.")
+@click.option("--dataset", default=None,
+              help="Images to encode when --tokenizer is a tokenizer run or diffusers:PATH (default: the run's own).")
 @json_option
-def probe_cmd(tokenizers, out, pool, epochs, optimizer, lr, batch_size, device, seed, gmm_csv, gmm_k, as_json):
+def probe_cmd(tokenizers, out, pool, epochs, optimizer, lr, batch_size, device, seed, gmm_csv, gmm_k, dataset, as_json):
     """Linear probe (MAE protocol) and structure metrics of each tokenizer's latents.
 
     Trains BatchNorm1d(affine=False) + Linear on frozen train latents, evaluates on the test
@@ -50,7 +52,7 @@ def probe_cmd(tokenizers, out, pool, epochs, optimizer, lr, batch_size, device, 
     probe = _overrides(epochs=epochs, optimizer=optimizer, lr=lr, batch_size=batch_size, device=device, seed=seed)
     cfg = merge(DiscriminabilityConfig(), {**_overrides(pool=pool, gmm_csv=gmm_csv, gmm_k=gmm_k), "probe": probe},
                 "probe options")
-    summary = run_probe(resolve_tokenizers(tokenizers), out, cfg)
+    summary = run_probe(resolve_tokenizers(tokenizers, dataset), out, cfg)
     emit(summary, as_json, summary_text)
 
 
@@ -65,8 +67,10 @@ def probe_cmd(tokenizers, out, pool, epochs, optimizer, lr, batch_size, device, 
 @click.option("--pca-dim", type=int, default=None,
               help=f"PCA dimensions before UMAP (default {UmapConfig.pca_dim}; 0 skips PCA).")
 @click.option("--pool", type=click.Choice(["flatten", "mean"]), default=None, help="Flattened latents or token means.")
+@click.option("--dataset", default=None,
+              help="Images to encode when --tokenizer is a tokenizer run or diffusers:PATH (default: the run's own).")
 @json_option
-def umap_cmd(tokenizers, out, n, seed, pca_dim, pool, as_json):
+def umap_cmd(tokenizers, out, n, seed, pca_dim, pool, dataset, as_json):
     """2-D UMAP of each tokenizer's latents, coloured by class (MAETok Figure 4).
 
     A class-balanced subsample of the train latents, PCA to 50 dimensions, then umap-learn
@@ -78,7 +82,7 @@ def umap_cmd(tokenizers, out, n, seed, pca_dim, pool, as_json):
     from latentlab.workspace import resolve_tokenizers
 
     cfg = merge(UmapConfig(), _overrides(n=n, seed=seed, pca_dim=pca_dim, pool=pool), "umap options")
-    summary = run_umap(resolve_tokenizers(tokenizers), out, cfg)
+    summary = run_umap(resolve_tokenizers(tokenizers, dataset), out, cfg)
     emit(summary, as_json, lambda s: "\n".join(
         [f"{k}: {v['n']} points, {v['classes']} classes" for k, v in s["tokenizers"].items()]
         + [f"wrote {s['csv']} and {s['png']}"]))
