@@ -135,14 +135,20 @@ def cached_latents(run_path: str | Path, dataset: str | None = None, split: str 
         raise LatentlabError(f"{run} does not record its dataset; pass --dataset")
     path = cache_dir(run, dataset, split)
     current = file_hash(run / "ema.safetensors")
+    return _cached(path, lambda m: m.get("checkpoint_hash") == current,
+                   lambda: extract(run, dataset, split, out=path, name=run.name))
+
+
+def _cached(path: Path, still_valid, build) -> LatentStore:
+    """The store at `path` when it opens and `still_valid(manifest)`, else `build()` (a corrupt cache is rebuilt)."""
     if (path / "manifest.json").is_file():
         try:
             store = LatentStore.open(path)
-            if store.manifest.get("checkpoint_hash") == current:
+            if still_valid(store.manifest):
                 return store
         except LatentlabError:
-            pass  # a corrupt cache is rebuilt below
-    return extract(run, dataset, split, out=path, name=run.name)
+            pass
+    return build()
 
 
 def cached_pretrained(spec: str, dataset: str | None, split: str = "train") -> LatentStore:
@@ -158,11 +164,5 @@ def cached_pretrained(spec: str, dataset: str | None, split: str = "train") -> L
         raise LatentlabError(f"{spec} is a pretrained tokenizer: give --dataset to say which images to encode")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", spec)
     path = cache_dir(workspace_root() / "pretrained" / slug, dataset, split)
-    if (path / "manifest.json").is_file():
-        try:
-            store = LatentStore.open(path)
-            if store.manifest.get("meta", {}).get("spec") == spec:
-                return store
-        except LatentlabError:
-            pass  # a corrupt cache is rebuilt below
-    return extract(spec, dataset, split, out=path, name=slug)
+    return _cached(path, lambda m: m.get("meta", {}).get("spec") == spec,
+                   lambda: extract(spec, dataset, split, out=path, name=slug))

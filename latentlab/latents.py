@@ -374,7 +374,8 @@ def open_split(path: str | os.PathLike, split: str = "train", required: bool = T
         return LatentStore.open(path / split)
     if is_store(path):
         store = LatentStore.open(path)
-        if store.split in (None, split) or split == "train" and store.split not in ("test",):
+        # a plain store answers for its own split; one that is not "test" also serves as train
+        if store.split in (None, split) or (split == "train" and store.split != "test"):
             return store
         if not required:
             return None

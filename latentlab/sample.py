@@ -146,7 +146,6 @@ def decoder_for(prov: dict, device: torch.device):
     return None, "its latents were imported without a tokenizer run"
 
 
-_decoder_for = decoder_for  # older name, used by latentlab.metrics.evaluate
 
 
 @torch.no_grad()

@@ -101,11 +101,6 @@ def _entry(name: str, raw) -> TokenizerEntry:
     return e
 
 
-def _section(cls, data: dict, where: str):
-    """Validate a nested section against the library dataclass it overrides (unknown keys raise)."""
-    return from_dict(cls, data, where)
-
-
 def section_configs(cfg: StudyConfig) -> dict:
     """The library configs of every section, built (and so validated) from the study config."""
     from latentlab.analysis.discriminability import DiscriminabilityConfig
@@ -118,21 +113,21 @@ def section_configs(cfg: StudyConfig) -> dict:
 
     probe = dict(cfg.probe)
     if isinstance(probe.get("probe"), dict):
-        probe["probe"] = _section(ProbeConfig, {"device": cfg.device, "seed": cfg.seed, **probe["probe"]},
+        probe["probe"] = from_dict(ProbeConfig, {"device": cfg.device, "seed": cfg.seed, **probe["probe"]},
                                   "probe.probe")
     else:
         probe.setdefault("probe", ProbeConfig(device=cfg.device, seed=cfg.seed))
     sit = dict(cfg.sit)
     sit["train"] = {"seed": cfg.seed, "device": cfg.device, **sit.get("train", {})}
-    sit_cfg = _section(SiTTrainConfig, sit, "sit")
+    sit_cfg = from_dict(SiTTrainConfig, sit, "sit")
     sit_cfg.train_config()  # validates the nested train overrides
     return {
         "sit": sit_cfg,
-        "sample": _section(SampleConfig, {"device": cfg.device, "seed": cfg.seed, **cfg.sample}, "sample"),
-        "gmm": check_config(_section(FitGMMConfig, {"device": cfg.device, "seed": cfg.seed, **cfg.gmm}, "gmm")),
-        "probe": _section(DiscriminabilityConfig, probe, "probe"),
-        "umap": _section(UmapConfig, {"seed": cfg.seed, **cfg.umap}, "umap"),
-        "metrics": _section(MetricsConfig, {"device": cfg.device, **cfg.metrics}, "metrics"),
+        "sample": from_dict(SampleConfig, {"device": cfg.device, "seed": cfg.seed, **cfg.sample}, "sample"),
+        "gmm": check_config(from_dict(FitGMMConfig, {"device": cfg.device, "seed": cfg.seed, **cfg.gmm}, "gmm")),
+        "probe": from_dict(DiscriminabilityConfig, probe, "probe"),
+        "umap": from_dict(UmapConfig, {"seed": cfg.seed, **cfg.umap}, "umap"),
+        "metrics": from_dict(MetricsConfig, {"device": cfg.device, **cfg.metrics}, "metrics"),
     }
 
 

@@ -39,10 +39,6 @@ class StudyContext:
         return json.loads(json.dumps(dataclasses.asdict(self.sections[name]), default=str))
 
 
-def _asdict(entry) -> dict:
-    return dataclasses.asdict(entry)
-
-
 # ---------------------------------------------------------------- per-tokenizer stages
 
 def _train_tokenizer(ctx: StudyContext, entry, work: Path, resume: bool) -> dict:
@@ -74,7 +70,7 @@ def tokenizer_stages(ctx: StudyContext, name: str, entry, step: Step) -> dict[st
     from latentlab.sit_train import train_sit
 
     cfg, arch = ctx.cfg, entry.arch
-    base = {"entry": _asdict(entry), "dataset": cfg.dataset, "seed": cfg.seed, "version": 1}
+    base = {"entry": dataclasses.asdict(entry), "dataset": cfg.dataset, "seed": cfg.seed, "version": 1}
     if arch == "store":
         base["store_hash"] = file_hash(Path(entry.store) / "train" / "manifest.json")
     res: dict[str, StageResult] = {}
