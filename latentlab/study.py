@@ -180,7 +180,7 @@ def run_study(config: str | os.PathLike | dict, out: str | os.PathLike) -> dict:
     save_json({**asdict(cfg), "version": STUDY_VERSION}, out / "study.json")
     log = StageLog()
     t0 = time.perf_counter()
-    ctx = S.StudyContext(cfg, sections, out, log)
+    ctx = S.StudyContext(cfg, sections, out, log, entries)
     total = len(entries) * len(TOKENIZER_STAGES) + 3
     bar = progress(total=total, desc="study", leave=True)
 

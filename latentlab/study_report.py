@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from latentlab.analysis.relate import correlations
+from latentlab.analysis.relate import correlations, metric_columns
 from latentlab.io import save_csv, save_json
 from latentlab.stages import StageResult
 from latentlab.utils import warn
@@ -55,9 +55,7 @@ def build_outputs(ctx, done: dict[str, dict[str, StageResult]], gmm: StageResult
     rows, curves, probe_rows, recon_rows, gfd_rows = [], {}, [], [], []
     for name, res in done.items():
         tok = res["tokenizer"].result
-        row: dict = {"tokenizer": name, "arch": ctx.cfg.tokenizers[name].get("arch", name)
-                     if isinstance(ctx.cfg.tokenizers[name], dict) else name,
-                     "teacher": tok.get("teacher")}
+        row: dict = {"tokenizer": name, "arch": ctx.entries[name].arch, "teacher": tok.get("teacher")}
         row.update({k: float(v) if v == "inf" else v
                     for k, v in res["eval"].result.get("row", {}).items() if k in ("psnr", "ssim", rmetric)})
         recon_rows.append({"tokenizer": name, **res["eval"].result.get("row", {})})
@@ -102,8 +100,6 @@ def build_outputs(ctx, done: dict[str, dict[str, StageResult]], gmm: StageResult
     shutil.copyfile(umap.file("umap.png"), figures / "umap.png")
     save_csv(pd.read_csv(umap.file("umap.csv")), tables / "umap.csv")
     target = gmetric if summary[gmetric].notna().any() else "sit_loss"
-    from latentlab.analysis.relate import metric_columns
-
     plot_metrics_vs_target(summary, metric_columns(summary, targets), target, figures / "metrics_vs_gfid.png", corr)
     recon = {n: r["eval"].file("recon_grid.png") for n, r in done.items() if r["eval"].file("recon_grid.png").is_file()}
     plot_image_panels(recon, figures / "reconstructions.png")

@@ -33,6 +33,7 @@ class StudyContext:
     sections: dict         # validated library configs
     out: Path
     log: StageLog
+    entries: dict          # name -> validated TokenizerEntry
 
     def section(self, name: str) -> dict:
         """A section's config as a plain dict (for hashing)."""
