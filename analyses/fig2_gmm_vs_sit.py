@@ -11,7 +11,8 @@ import argparse
 import pandas as pd
 
 from latentlab.plots.study import plot_gmm_and_sit
-from latentlab.study import base_config, run_study, with_tokenizers
+from latentlab.study.config import base_config, with_tokenizers
+from latentlab.study.runner import run_study
 
 KINDS = ["ae", "vae", "vavae", "maetok"]
 

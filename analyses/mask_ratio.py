@@ -11,7 +11,8 @@ import argparse
 import pandas as pd
 
 from latentlab.plots.study import plot_metrics_vs_target
-from latentlab.study import base_config, run_study, with_tokenizers
+from latentlab.study.config import base_config, with_tokenizers
+from latentlab.study.runner import run_study
 
 p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 p.add_argument("--scale", choices=["cpu", "imagenet"], default="cpu")

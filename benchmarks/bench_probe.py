@@ -64,7 +64,7 @@ def worker(kind: str, data: Path, threads: int) -> dict:
         model = LogisticRegression(max_iter=1000).fit(xtr, ytr)
         acc, extra = float(model.score(xte, yte)), {"n_iter": int(np.max(model.n_iter_)), "init_seconds": 0.0}
     else:
-        from latentlab.analysis.features import Features
+        from latentlab.analysis.stream import Features
         from latentlab.analysis.probe import ProbeConfig, linear_probe
 
         t_init = time.perf_counter()
@@ -92,7 +92,7 @@ def gpu_epoch_seconds(n: int = 1_281_167, d: int = 4096, k: int = 1000, epochs: 
     """ImageNet-scale probe on CUDA: synthetic float16 features held on the GPU, seconds per epoch."""
     import torch
 
-    from latentlab.analysis.features import Features
+    from latentlab.analysis.stream import Features
     from latentlab.analysis.probe import ProbeConfig, train_probe
 
     if not torch.cuda.is_available():

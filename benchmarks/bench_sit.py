@@ -25,9 +25,9 @@ import time
 import torch
 from torch import nn
 
-from latentlab.models.sit import SiT, sit_config
-from latentlab.train import update_ema
-from latentlab.transport import interpolate, per_sample_mse, sample_t, target_velocity
+from latentlab.sit.model import SiT, sit_config
+from latentlab.trainer import update_ema
+from latentlab.sit.transport import interpolate, per_sample_mse, sample_t, target_velocity
 
 THREADS = 2
 

@@ -37,7 +37,7 @@ def _child(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     os.environ["LATENTLAB_PROGRESS"] = "0"
     if args.child == "train":
-        from latentlab.models.tokenizer_train import TokenizerRunConfig, train_tokenizer
+        from latentlab.tokenizers.training import TokenizerRunConfig, train_tokenizer
 
         train = {"device": "cpu"}
         if args.steps:
@@ -55,7 +55,7 @@ def _child(args: argparse.Namespace) -> None:
 
         from latentlab.data import get_dataset
         from latentlab.extract import extract
-        from latentlab.models.tokenizers import load_tokenizer
+        from latentlab.tokenizers.training import load_tokenizer
 
         ds = get_dataset("mnist5k", "train")
         t0 = time.perf_counter()
@@ -69,8 +69,8 @@ def _child(args: argparse.Namespace) -> None:
         t_bare = time.perf_counter() - t0
         print(json.dumps({"images": len(store), "extract_img_s": len(store) / t_store, "bare_img_s": len(ds) / t_bare}))
     elif args.child == "gpu":
-        from latentlab.models.tokenizers import build_tokenizer
-        from latentlab.train import TrainConfig, make_optimizer, update_ema
+        from latentlab.tokenizers.models import build_tokenizer
+        from latentlab.trainer import TrainConfig, make_optimizer, update_ema
 
         import copy
 

@@ -2,18 +2,32 @@
 
 A tokenizer is named by a run directory (`latentlab train-tokenizer`) or an external spec
 `diffusers:PATH_OR_REPO` (a diffusers AutoencoderKL from a local folder or the hub cache; see
-`latentlab.models.external`). Run tokenizers give "tokens" stores of shape (T, C); AutoencoderKL
+`latentlab.tokenizers.external`). Run tokenizers give "tokens" stores of shape (T, C); AutoencoderKL
 gives "grid" stores of shape (C, H, W). The manifest records the tokenizer, its checkpoint hash
 and the normalisation statistics (per-channel and global mean/std) that SiT uses.
 
 `cached_latents(run, dataset, split)` extracts on first use into RUN/latents/<dataset>/<split> and
 reuses that store while the checkpoint hash is unchanged.
+
+Importing: `import_arrays` stores latents computed elsewhere, `import_pixels` the pixels baseline.
+
+Resolving `--tokenizer` arguments to latent stores (`resolve_tokenizer`):
+
+A tokenizer argument is `[LABEL=]SPEC`, where SPEC is one of
+  - a LatentStore directory, or a store set with train/ and test/ stores;
+  - a tokenizer run directory (latents are extracted on first use and cached in
+    RUN/latents/<dataset>/<split>, reused while the checkpoint hash is unchanged);
+  - a pretrained tokenizer "diffusers:PATH_OR_REPO" (needs the dataset; latents cached in
+    WORKSPACE/pretrained/);
+  - a name under the workspace: WORKSPACE/stores/NAME or WORKSPACE/runs/NAME.
+The workspace is $LATENTLAB_WORKSPACE, or ./workspace.
 """
 
 from __future__ import annotations
 
 import os
 import re
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -21,20 +35,20 @@ import torch
 
 from latentlab.data import get_dataset
 from latentlab.errors import LatentlabError
-from latentlab.io import file_hash, load_json
-from latentlab.latents import LatentStore
-from latentlab.utils import dist_ready, get_device, is_main, progress, rank, world_size
+from latentlab.io import file_hash, load_json, workspace_root
+from latentlab.latents import LatentStore, is_store, open_split
+from latentlab.utils import get_device, is_main, progress, rank, world_size
 
 
 def open_tokenizer(spec: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
     """A tokenizer and its description (name, checkpoint_hash, layout, image_size, channels, dataset, ...)."""
     spec = str(spec)
     if spec.startswith("diffusers:"):
-        from latentlab.models.external import load_autoencoder_kl
+        from latentlab.tokenizers.external import load_autoencoder_kl
 
         model, info = load_autoencoder_kl(spec.partition(":")[2])
         return model.to(device).eval(), info
-    from latentlab.models.tokenizers import load_tokenizer
+    from latentlab.tokenizers.training import load_tokenizer
 
     run = Path(os.path.expanduser(spec))
     model, cfg = load_tokenizer(run, weights, device)
@@ -158,11 +172,138 @@ def cached_pretrained(spec: str, dataset: str | None, split: str = "train") -> L
     records the same spec and checkpoint hash (the hash is read from the store, so reuse does not load
     the model).
     """
-    from latentlab.workspace import workspace_root
-
     if not dataset:
         raise LatentlabError(f"{spec} is a pretrained tokenizer: give --dataset to say which images to encode")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", spec)
     path = cache_dir(workspace_root() / "pretrained" / slug, dataset, split)
     return _cached(path, lambda m: m.get("meta", {}).get("spec") == spec,
                    lambda: extract(spec, dataset, split, out=path, name=slug))
+
+
+# ---------------------------------------------------------------- importing
+
+def _load_npy(path: str | os.PathLike, what: str) -> np.ndarray:
+    path = Path(path)
+    if not path.is_file():
+        raise LatentlabError(f"{what} file not found: {path}")
+    try:
+        return np.load(path, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise LatentlabError(f"{what} file {path} is not a readable .npy array ({e}); re-save it with numpy.save") from None
+
+
+def import_arrays(latents: str | os.PathLike, labels: str | os.PathLike | None, out: str | os.PathLike,
+                  name: str | None = None, split: str | None = None, dataset: str | None = None) -> LatentStore:
+    """Store latents extracted elsewhere: X.npy of shape (N, T, C) or (N, D), optional y.npy (N,)."""
+    x = _load_npy(latents, "latents")
+    if x.ndim not in (2, 3, 4):
+        raise LatentlabError(f"latents must be (N, T, C) or (N, D); {latents} has shape {x.shape}")
+    if not np.issubdtype(x.dtype, np.number):
+        raise LatentlabError(f"latents in {latents} have dtype {x.dtype}; save them as floats")
+    y = None
+    if labels is not None:
+        y = np.asarray(_load_npy(labels, "labels"))
+        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
+            raise LatentlabError(f"labels must be a 1-D integer array; {labels} is {y.dtype} {y.shape}")
+        if len(y) != len(x):
+            raise LatentlabError(f"{len(x)} latents but {len(y)} labels; they must have the same length")
+    flat = x.reshape(len(x), -1)
+    bad = 0
+    for i in range(0, len(flat), 65536):
+        bad += int((~np.isfinite(flat[i:i + 65536])).any(1).sum())
+    if bad:
+        raise LatentlabError(f"{bad} of {len(x)} latent rows contain NaN or inf; clean or drop them before importing")
+    dtype = x.dtype.name if x.dtype in (np.float16, np.float32, np.float64) else "float32"
+    meta = {"name": name or Path(out).name, "tokenizer": f"imported:{Path(latents).name}",
+            "split": split, "dataset": dataset, "source": str(latents)}
+    return LatentStore.create(out, x, y, meta, dtype=dtype)
+
+
+def import_pixels(dataset: str, out: str | os.PathLike, splits: tuple[str, ...] = ("train", "test"),
+                  name: str = "pixels") -> dict[str, LatentStore]:
+    """The "pixels" baseline tokenizer: raw images in [-1, 1] as (H*W, C) tokens, one store per split."""
+    stores = {}
+    out = Path(out)
+    for split in splits:
+        ds = get_dataset(dataset, split)
+        x = torch_images_to_tokens(ds)
+        meta = {"name": name, "tokenizer": "pixels", "dataset": ds.name, "split": split,
+                "checkpoint_hash": None, "image_size": ds.image_size, "channels": ds.channels}
+        stores[split] = LatentStore.create(out / split, x, ds.labels, meta)
+    return stores
+
+
+def torch_images_to_tokens(ds) -> np.ndarray:
+    """All images of a dataset as float32 (N, H*W, C) pixel tokens in [-1, 1]."""
+    parts = []
+    for imgs, _ in ds.batches(1024):
+        parts.append(imgs.flatten(2).transpose(1, 2).numpy())  # (B, H*W, C)
+    return np.concatenate(parts, 0)
+
+
+# ---------------------------------------------------------------- resolving --tokenizer
+
+@dataclass
+class TokenizerLatents:
+    """The latents of one tokenizer on one dataset: a label, the train store and the test store if any."""
+
+    name: str
+    train: LatentStore
+    test: LatentStore | None
+    source: str
+
+
+def _is_run(path: Path) -> bool:
+    return (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+
+
+def resolve_path(spec: str) -> Path:
+    """Turn SPEC into an existing path (a store, store set or run), looking in the workspace too."""
+    p = Path(os.path.expanduser(spec))
+    if p.exists():
+        return p
+    for sub in ("stores", "runs"):
+        q = workspace_root() / sub / spec
+        if q.exists():
+            return q
+    raise LatentlabError(f"no latent store, tokenizer run or workspace name {spec!r} "
+                         f"(looked in ./ and {workspace_root()}/stores, /runs); check the path or set LATENTLAB_WORKSPACE")
+
+
+def resolve_tokenizer(arg: str, dataset: str | None = None, need_test: bool = False) -> TokenizerLatents:
+    """Resolve one `--tokenizer [LABEL=]SPEC` argument to its train (and test) latent stores."""
+    label, sep, spec = arg.partition("=")
+    if not sep:
+        label, spec = "", arg
+    if spec.startswith("diffusers:"):
+        train = cached_pretrained(spec, dataset, "train")
+        test = cached_pretrained(spec, dataset, "test")
+        return TokenizerLatents(name=label or spec.split(":", 1)[1].rstrip("/").split("/")[-1], train=train,
+                                test=test, source=spec)
+    path = resolve_path(spec)
+    if _is_run(path):
+        train = cached_latents(path, dataset=dataset, split="train")
+        test = cached_latents(path, dataset=dataset, split="test")
+    elif is_store(path) or is_store(path / "train"):
+        train = open_split(path, "train")
+        test = open_split(path, "test", required=False)
+        if test is not None and test.path == train.path:
+            test = None
+    else:
+        raise LatentlabError(f"{path} is neither a latent store nor a tokenizer run")
+    if need_test and test is None:
+        raise LatentlabError(f"{path} has no test split; import or extract one with --split test")
+    name = label or train.name or path.name
+    return TokenizerLatents(name=name, train=train, test=test, source=str(path))
+
+
+def resolve_tokenizers(args: list[str] | tuple[str, ...], dataset: str | None = None) -> list[TokenizerLatents]:
+    """Resolve several `--tokenizer` arguments; labels must be unique."""
+    if not args:
+        raise LatentlabError("give at least one --tokenizer (a latent store, a tokenizer run or a workspace name)")
+    out = [resolve_tokenizer(a, dataset) for a in args]
+    names = [t.name for t in out]
+    dup = sorted({n for n in names if names.count(n) > 1})
+    if dup:
+        raise LatentlabError(f"two tokenizers are both called {dup[0]!r}; label them as --tokenizer LABEL=PATH")
+    return out

@@ -15,11 +15,14 @@ import os
 import shutil
 import uuid
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
 from latentlab.errors import LatentlabError
+
+if TYPE_CHECKING:  # torch is imported only by the functions that need it
+    import torch
 
 
 def _tmp_name(path: Path) -> Path:
@@ -183,3 +186,25 @@ def save_torch_state(obj: Any, path: str | os.PathLike) -> Path:
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
     return Path(path)
+
+
+def load_weights_into(module: torch.nn.Module, path: Path) -> None:
+    state = load_safetensors(path)
+    try:
+        module.load_state_dict(state, strict=True)
+    except RuntimeError:
+        raise LatentlabError(f"checkpoint {path} does not match the model in config.json "
+                             "(different architecture); retrain or point at the right run") from None
+
+
+def load_run_weights(run: str | Path, module: torch.nn.Module, which: str = "ema") -> torch.nn.Module:
+    """Load `model` or `ema` weights of a run into `module` (one-line error on mismatch or corruption)."""
+    if which not in ("ema", "model"):
+        raise LatentlabError(f"weights must be 'ema' or 'model', got {which!r}")
+    load_weights_into(module, Path(run) / f"{which}.safetensors")
+    return module
+
+
+def workspace_root() -> Path:
+    """$LATENTLAB_WORKSPACE or ./workspace."""
+    return Path(os.environ.get("LATENTLAB_WORKSPACE", "workspace"))

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -385,66 +385,3 @@ def open_split(path: str | os.PathLike, split: str = "train", required: bool = T
     if not path.exists():
         raise LatentlabError(f"latent store not found: {path}")
     raise LatentlabError(f"{path} is not a latent store (no manifest.json); create one with `latentlab import-latents`")
-
-
-# ---------------------------------------------------------------- importing
-
-def _load_npy(path: str | os.PathLike, what: str) -> np.ndarray:
-    path = Path(path)
-    if not path.is_file():
-        raise LatentlabError(f"{what} file not found: {path}")
-    try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise LatentlabError(f"{what} file {path} is not a readable .npy array ({e}); re-save it with numpy.save") from None
-
-
-def import_arrays(latents: str | os.PathLike, labels: str | os.PathLike | None, out: str | os.PathLike,
-                  name: str | None = None, split: str | None = None, dataset: str | None = None) -> LatentStore:
-    """Store latents extracted elsewhere: X.npy of shape (N, T, C) or (N, D), optional y.npy (N,)."""
-    x = _load_npy(latents, "latents")
-    if x.ndim not in (2, 3, 4):
-        raise LatentlabError(f"latents must be (N, T, C) or (N, D); {latents} has shape {x.shape}")
-    if not np.issubdtype(x.dtype, np.number):
-        raise LatentlabError(f"latents in {latents} have dtype {x.dtype}; save them as floats")
-    y = None
-    if labels is not None:
-        y = np.asarray(_load_npy(labels, "labels"))
-        if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
-            raise LatentlabError(f"labels must be a 1-D integer array; {labels} is {y.dtype} {y.shape}")
-        if len(y) != len(x):
-            raise LatentlabError(f"{len(x)} latents but {len(y)} labels; they must have the same length")
-    flat = x.reshape(len(x), -1)
-    bad = 0
-    for i in range(0, len(flat), 65536):
-        bad += int((~np.isfinite(flat[i:i + 65536])).any(1).sum())
-    if bad:
-        raise LatentlabError(f"{bad} of {len(x)} latent rows contain NaN or inf; clean or drop them before importing")
-    dtype = x.dtype.name if x.dtype in (np.float16, np.float32, np.float64) else "float32"
-    meta = {"name": name or Path(out).name, "tokenizer": f"imported:{Path(latents).name}",
-            "split": split, "dataset": dataset, "source": str(latents)}
-    return LatentStore.create(out, x, y, meta, dtype=dtype)
-
-
-def import_pixels(dataset: str, out: str | os.PathLike, splits: tuple[str, ...] = ("train", "test"),
-                  name: str = "pixels") -> dict[str, LatentStore]:
-    """The "pixels" baseline tokenizer: raw images in [-1, 1] as (H*W, C) tokens, one store per split."""
-    from latentlab.data import get_dataset
-
-    stores = {}
-    out = Path(out)
-    for split in splits:
-        ds = get_dataset(dataset, split)
-        x = torch_images_to_tokens(ds)
-        meta = {"name": name, "tokenizer": "pixels", "dataset": ds.name, "split": split,
-                "checkpoint_hash": None, "image_size": ds.image_size, "channels": ds.channels}
-        stores[split] = LatentStore.create(out / split, x, ds.labels, meta)
-    return stores
-
-
-def torch_images_to_tokens(ds) -> np.ndarray:
-    """All images of a dataset as float32 (N, H*W, C) pixel tokens in [-1, 1]."""
-    parts = []
-    for imgs, _ in ds.batches(1024):
-        parts.append(imgs.flatten(2).transpose(1, 2).numpy())  # (B, H*W, C)
-    return np.concatenate(parts, 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import sys
+import zlib
 from typing import Iterable, Iterator, TypeVar
 
 import numpy as np
@@ -106,3 +107,8 @@ def info(msg: str) -> None:
     """A one-line status message on stderr (rank 0 only)."""
     if is_main():
         print(msg, file=sys.stderr)
+
+
+def derive_seed(*parts) -> int:
+    """The one seed derivation: a 32-bit seed from any parts (e.g. study seed, replicate, tokenizer, stage)."""
+    return int(np.random.SeedSequence([zlib.crc32(str(p).encode()) for p in parts]).generate_state(1)[0])

@@ -116,8 +116,8 @@ def test_eval_tokenizer_matches_skimage_and_writes_its_outputs(ws, tmp_path):
     from latentlab.data import to_uint8
     from latentlab.metrics.evaluate import fid
     from latentlab.metrics.images import from_array
-    from latentlab.models.tokenizer_train import TokenizerRunConfig, train_tokenizer
-    from latentlab.models.tokenizers import load_tokenizer, reconstruct
+    from latentlab.tokenizers.training import TokenizerRunConfig, train_tokenizer
+    from latentlab.tokenizers.training import load_tokenizer, reconstruct
 
     run = tmp_path / "ae"
     train_tokenizer(TokenizerRunConfig(arch="ae", size="tiny", dataset="mnist5k", eval_images=16, sample_images=4,
@@ -149,7 +149,7 @@ def test_eval_tokenizer_matches_skimage_and_writes_its_outputs(ws, tmp_path):
 
 
 def test_eval_sit_equals_fid_of_sample_output(ws, tmp_path):
-    from latentlab.latents import import_pixels
+    from latentlab.extract import import_pixels
 
     import_pixels("digits", tmp_path / "px")
     cfg = tmp_path / "sit.json"

@@ -11,8 +11,8 @@ from latentlab.data import get_dataset
 from latentlab.errors import LatentlabError
 from latentlab.extract import cached_latents, extract
 from latentlab.latents import LatentStore
-from latentlab.models.tokenizer_train import TokenizerRunConfig, train_tokenizer
-from latentlab.models.tokenizers import load_tokenizer, reconstruct
+from latentlab.tokenizers.training import TokenizerRunConfig, train_tokenizer
+from latentlab.tokenizers.training import load_tokenizer, reconstruct
 from conftest import run_cli
 
 SMALL = dict(width=32, depth=1, dec_width=32, dec_depth=1, heads=2, num_tokens=4, token_dim=4)
@@ -120,7 +120,7 @@ class FakeAutoencoderKL(torch.nn.Module):
 
 
 def test_diffusers_adapter_interface_with_a_fake_module():
-    from latentlab.models.external import DiffusersAutoencoder, describe
+    from latentlab.tokenizers.external import DiffusersAutoencoder, describe
 
     m = DiffusersAutoencoder(FakeAutoencoderKL())
     x = torch.rand(2, 1, 8, 8) * 2 - 1
@@ -134,7 +134,7 @@ def test_diffusers_adapter_interface_with_a_fake_module():
 def test_diffusers_autoencoder_kl_extracts_a_grid_store(tmp_path):
     import diffusers  # the `external` extra; installed with the `test` extra
 
-    from latentlab.workspace import resolve_tokenizer
+    from latentlab.extract import resolve_tokenizer
 
     torch.manual_seed(0)
     vae = diffusers.AutoencoderKL(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2,

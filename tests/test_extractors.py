@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from latentlab.errors import LatentlabError
-from latentlab.metrics.extractors import fit_images, get_extractor
+from latentlab.metrics.extractors import get_extractor
+from latentlab.metrics.images import fit_images
 from latentlab.metrics.lenet import LeNetConfig, load_or_train_lenet, train_lenet
 
 
@@ -66,7 +67,7 @@ def test_lenet_cache_is_reused_and_checked(lenet_root, monkeypatch, tmp_path):
 
 def test_lenet_lives_in_the_workspace_by_default():
     from latentlab.metrics.extractors import LeNetExtractor
-    from latentlab.workspace import workspace_root
+    from latentlab.io import workspace_root
 
     ext = LeNetExtractor("cpu", dataset="digits", config=LeNetConfig(epochs=1, min_steps=0))
     assert str(workspace_root() / "extractors") in ext.record["path"]

@@ -8,8 +8,9 @@ import torch
 
 from conftest import run_cli
 from latentlab.analysis.gmm import GaussianMixture
-from latentlab.analysis.gmm_official import fit_adam
-from latentlab.analysis.nll import COLUMNS, Features, FitGMMConfig, fit_gmm_curves
+from latentlab.analysis.gmm.official import fit_adam
+from latentlab.analysis.gmm.config import COLUMNS, FitGMMConfig, GMMFeatures
+from latentlab.analysis.gmm.curves import fit_gmm_curves
 from latentlab.latents import LatentStore
 
 N = 600
@@ -89,7 +90,7 @@ def test_matches_manual_pipeline(stores, tmp_path):
     from sklearn.decomposition import PCA as SKPCA
     from sklearn.mixture import GaussianMixture as SKGMM
 
-    from latentlab.analysis.nll import split_rows
+    from latentlab.analysis.gmm.config import split_rows
 
     cfg = FitGMMConfig(components=(1,), covariance="diag", pca_dim=3, heldout=0.25, seed=7)
     res = fit_gmm_curves([stores[1]], cfg)
@@ -145,7 +146,7 @@ def _planted_features(seed=0):
     rng = np.random.default_rng(seed)
     x, _ = _clustered(rng, 900, 4)
     z = (x - x.mean(0)) / x.std(0)
-    return Features("p", z[:700].astype(np.float32), z[700:].astype(np.float32), 1.0)
+    return GMMFeatures("p", z[:700].astype(np.float32), z[700:].astype(np.float32), 1.0)
 
 
 def test_official_adam_protocol_planted():

@@ -21,7 +21,7 @@ WORKER = textwrap.dedent("""
     from latentlab.analysis.gmm import GaussianMixture
     from latentlab.latents import LatentStore
     from latentlab.utils import world_size
-    from latentlab.analysis._gmm_source import Source
+    from latentlab.analysis.gmm._init import Source
     assert world_size() == 2
     assert Source(np.zeros((1000, 2)), torch.device("cpu")).part(shard=True) == (500 * rank, 500 * rank + 500)
     X = np.load(store_path + ".npy")

@@ -5,7 +5,8 @@ import pytest
 
 from conftest import run_cli
 from latentlab.errors import LatentlabError
-from latentlab.latents import LatentStore, import_arrays, open_split
+from latentlab.extract import import_arrays
+from latentlab.latents import LatentStore, open_split
 
 
 def test_roundtrip_tokens_and_stats(tmp_path, rng):

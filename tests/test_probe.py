@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from conftest import run_cli
-from latentlab.analysis.features import Features, check_labels, pool_features
+from latentlab.analysis.stream import Features, check_labels, pool_features
 from latentlab.analysis.probe import ProbeConfig, cosine_lr, linear_probe
 from latentlab.errors import LatentlabError
 from latentlab.latents import LatentStore

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from latentlab.errors import LatentlabError
-from latentlab.models.sit import SIT_MODELS, SiT, SiTConfig, sincos_1d, sincos_2d, sit_config, token_patch_for
+from latentlab.sit.model import SIT_MODELS, SiT, SiTConfig, sincos_1d, sincos_2d, sit_config, token_patch_for
 
 
 def test_token_and_grid_shapes_and_zero_init():

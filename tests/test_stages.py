@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from latentlab.analysis.relate import correlations
-from latentlab.stages import StageLog, run_stage
+from latentlab.study.cache import StageLog, run_stage
 
 
 def test_stage_cached_and_rerun_on_change(tmp_path):

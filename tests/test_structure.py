@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from latentlab.analysis.discriminability import gmm_nll_lookup
-from latentlab.analysis.features import Features
+from latentlab.analysis.probe import gmm_nll_lookup
+from latentlab.analysis.stream import Features
 from latentlab.analysis.structure import cluster_scores, fisher_ratio, knn_accuracy, rankme
 from latentlab.errors import LatentlabError
 from latentlab.latents import LatentStore

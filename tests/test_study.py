@@ -13,8 +13,9 @@ import pytest
 import yaml
 
 from conftest import run_cli
-from latentlab.study import TOKENIZER_STAGES, load_study_config, run_study
-from latentlab.study_report import summary_columns
+from latentlab.study.config import TOKENIZER_STAGES, load_study_config
+from latentlab.study.runner import run_study
+from latentlab.study.report import summary_columns
 
 TINY = {
     "dataset": "digits",
@@ -131,7 +132,7 @@ def test_sigkill_then_rerun_gives_identical_tables(study):
 
 
 def test_explore_notebook_executes(study, tmp_path):
-    from latentlab.report import NOTEBOOK_DIR, render_notebook
+    from latentlab.study.report import NOTEBOOK_DIR, render_notebook
 
     _, root, _, _ = study
     store = root / "a" / "ae" / "extract" / "latents"

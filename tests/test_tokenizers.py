@@ -7,12 +7,12 @@ import pytest
 import torch
 
 from latentlab.io import load_safetensors
-from latentlab.models.blocks import apply_rope, rope_2d
-from latentlab.models.losses import masked_mse, vf_loss
-from latentlab.models.maetok import random_mask
-from latentlab.models.targets import HOGTarget, hog_cells, sobel
-from latentlab.models.tokenizer_train import TokenizerRunConfig, train_tokenizer
-from latentlab.models.tokenizers import TOKENIZERS, build_tokenizer
+from latentlab.tokenizers.blocks import apply_rope, rope_2d
+from latentlab.tokenizers.losses import masked_mse, vf_loss
+from latentlab.tokenizers.models import random_mask
+from latentlab.tokenizers.targets import HOGTarget, hog_cells, sobel
+from latentlab.tokenizers.training import TokenizerRunConfig, train_tokenizer
+from latentlab.tokenizers.models import TOKENIZERS, build_tokenizer
 
 SMALL = dict(image_size=8, channels=1, width=32, depth=1, dec_width=32, dec_depth=1, heads=2, num_tokens=4, token_dim=4)
 
@@ -159,7 +159,7 @@ def test_decoder_finetune_freezes_encoder_bit_identically(tmp_path):
 
 
 def test_gan_and_perceptual_terms(tmp_path):
-    from latentlab.models.losses import hinge_d_loss, hinge_g_loss
+    from latentlab.tokenizers.losses import hinge_d_loss, hinge_g_loss
 
     class L1Net(torch.nn.Module):
         def forward(self, a, b):
@@ -186,7 +186,7 @@ def test_gan_and_perceptual_terms(tmp_path):
 
 def test_torchscript_teacher_and_absent_teachers(tmp_path):
     from latentlab.errors import LatentlabError
-    from latentlab.models.targets import make_target
+    from latentlab.tokenizers.targets import make_target
 
     class Net(torch.nn.Module):
         def __init__(self):

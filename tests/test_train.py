@@ -7,7 +7,7 @@ from torch import nn
 
 from latentlab.errors import LatentlabError
 from latentlab.io import load_safetensors, load_torch_state
-from latentlab.train import TrainConfig, TrainTask, get_lr, index_batch, train, update_ema
+from latentlab.trainer import TrainConfig, TrainTask, get_lr, index_batch, train, update_ema
 
 
 class Regression(TrainTask):

@@ -8,10 +8,11 @@ import pytest
 import torch
 from conftest import run_cli
 
-from latentlab.latents import LatentStore, import_pixels
-from latentlab.sit_train import (SiTTrainConfig, build_sit_task, denormalize, make_heldout, normalization_params,
+from latentlab.extract import import_pixels
+from latentlab.latents import LatentStore
+from latentlab.sit.training import (SiTTrainConfig, build_sit_task, denormalize, make_heldout, normalization_params,
                                  normalize, train_sit)
-from latentlab.train import update_ema
+from latentlab.trainer import update_ema
 
 TINY = {"depth": 1, "hidden_size": 32, "num_heads": 2}
 
@@ -200,8 +201,8 @@ def test_imported_latents_skip_decoding(tmp_path):
 def test_sample_decodes_through_the_tokenizer_run(tmp_path):
     from latentlab.data import to_uint8
     from latentlab.io import load_safetensors, save_safetensors
-    from latentlab.models.tokenizer_train import TokenizerRunConfig, train_tokenizer
-    from latentlab.models.tokenizers import load_tokenizer
+    from latentlab.tokenizers.training import TokenizerRunConfig, train_tokenizer
+    from latentlab.tokenizers.training import load_tokenizer
 
     tok = tmp_path / "tok"
     small = dict(width=32, depth=1, dec_width=32, dec_depth=1, heads=2, num_tokens=4, token_dim=4)

@@ -8,8 +8,8 @@ import torch
 from scipy import integrate as sp_integrate
 
 from latentlab.errors import LatentlabError
-from latentlab.models.sit import SiT, SiTConfig
-from latentlab.transport import (Sampler, drop_labels, flow_loss, guided_velocity, integrate, interpolate,
+from latentlab.sit.model import SiT, SiTConfig
+from latentlab.sit.transport import (Sampler, drop_labels, flow_loss, guided_velocity, integrate, interpolate,
                                  sample_t, score_from_velocity, target_velocity)
 
 M = torch.tensor([1.0, -2.0, 0.5, 3.0])

@@ -4,7 +4,7 @@ import numpy as np
 import pandas as pd
 
 from conftest import run_cli
-from latentlab.analysis.embed import balanced_subsample
+from latentlab.analysis.umap import balanced_subsample
 from latentlab.latents import LatentStore
 
 

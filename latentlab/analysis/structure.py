@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from latentlab.analysis.features import Features
+from latentlab.analysis.stream import Features
 from latentlab.errors import LatentlabError
 from latentlab.utils import get_device
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from latentlab.cli import cli
-from latentlab.analysis.nll import FitGMMConfig
+from latentlab.analysis.gmm.config import FitGMMConfig
 from latentlab.cli.common import emit, json_option, parse_int_list, tokenizer_option
 
 D = FitGMMConfig()  # defaults shown in --help come from the dataclass
@@ -45,7 +45,7 @@ def fit_gmm_cmd(tokenizers, components, out, dataset, as_json, **opts):
     \b
     latentlab fit-gmm --tokenizer workspace/stores/pixels --components 1,2,5,10,20,50 --out gmm-out
     """
-    from latentlab.analysis.nll import fit_gmm_curves
+    from latentlab.analysis.gmm.curves import fit_gmm_curves
     from latentlab.config import merge
 
     overrides = {k: v for k, v in opts.items() if v is not None}

@@ -24,7 +24,7 @@ def import_latents_cmd(dataset, latents_path, labels_path, out, name, split, as_
     latentlab import-latents --dataset mnist5k --out workspace/stores/pixels
     latentlab import-latents --latents X.npy --labels y.npy --out STORE --name sdvae
     """
-    from latentlab.latents import import_arrays, import_pixels
+    from latentlab.extract import import_arrays, import_pixels
 
     if (dataset is None) == (latents_path is None):
         raise LatentlabError("give exactly one of --dataset or --latents")

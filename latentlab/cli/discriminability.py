@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from latentlab.analysis.embed import UmapConfig
+from latentlab.analysis.umap import UmapConfig
 from latentlab.analysis.probe import ProbeConfig
 from latentlab.cli import cli
 from latentlab.cli.common import emit, json_option, tokenizer_option
@@ -45,9 +45,9 @@ def probe_cmd(tokenizers, out, pool, epochs, optimizer, lr, batch_size, device, 
     \b
     latentlab probe --tokenizer ae=workspace/stores/ae --tokenizer maetok=RUN --out out/probe
     """
-    from latentlab.analysis.discriminability import DiscriminabilityConfig, run_probe, summary_text
+    from latentlab.analysis.probe import DiscriminabilityConfig, run_probe, summary_text
     from latentlab.config import merge
-    from latentlab.workspace import resolve_tokenizers
+    from latentlab.extract import resolve_tokenizers
 
     probe = _overrides(epochs=epochs, optimizer=optimizer, lr=lr, batch_size=batch_size, device=device, seed=seed)
     cfg = merge(DiscriminabilityConfig(), {**_overrides(pool=pool, gmm_csv=gmm_csv, gmm_k=gmm_k), "probe": probe},
@@ -77,9 +77,9 @@ def umap_cmd(tokenizers, out, n, seed, pca_dim, pool, dataset, as_json):
     with random_state=SEED, so the same seed gives the same umap.csv (umap-learn is then
     single-threaded). Writes OUT/umap.csv (tokenizer, index, label, x, y) and OUT/umap.png.
     """
-    from latentlab.analysis.embed import UmapConfig, run_umap
+    from latentlab.analysis.umap import UmapConfig, run_umap
     from latentlab.config import merge
-    from latentlab.workspace import resolve_tokenizers
+    from latentlab.extract import resolve_tokenizers
 
     cfg = merge(UmapConfig(), _overrides(n=n, seed=seed, pca_dim=pca_dim, pool=pool), "umap options")
     summary = run_umap(resolve_tokenizers(tokenizers, dataset), out, cfg)

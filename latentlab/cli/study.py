@@ -41,7 +41,7 @@ def run_cmd(config, out, as_json):
     \b
     latentlab run studies/default.yaml --out demo-out
     """
-    from latentlab.study import run_study
+    from latentlab.study.runner import run_study
 
     emit(run_study(config, out), as_json, _text)
 
@@ -52,7 +52,7 @@ def run_cmd(config, out, as_json):
 @json_option
 def report_cmd(study_dir, out, as_json):
     """Render notebooks/report.ipynb for a finished study directory as HTML."""
-    from latentlab.report import NOTEBOOK_DIR, load_study, render_notebook
+    from latentlab.study.report import NOTEBOOK_DIR, load_study, render_notebook
 
     load_study(study_dir)  # a one-line error when it is not a finished study
     html = render_notebook(NOTEBOOK_DIR / "report.ipynb", out or Path(study_dir) / "report.html",

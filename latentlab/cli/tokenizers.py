@@ -38,7 +38,7 @@ def train_tokenizer_cmd(config_path, arch, size, dataset, image_size, stage, ini
     torchrun --nproc-per-node 2 $(which latentlab) train-tokenizer ...
     """
     from latentlab.config import from_dict, load_mapping
-    from latentlab.models.tokenizer_train import TokenizerRunConfig, train_tokenizer
+    from latentlab.tokenizers.training import TokenizerRunConfig, train_tokenizer
     from latentlab.utils import init_distributed_from_env
 
     data = load_mapping(config_path) if config_path else {}

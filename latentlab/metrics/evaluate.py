@@ -157,7 +157,7 @@ def eval_tokenizer(run: str | Path, cfg: MetricsConfig | None = None, out: str |
     from latentlab.extract import open_tokenizer
     from latentlab.metrics.fid import FeatureStats
     from latentlab.metrics.recon import recon_metrics, ssim_sigma
-    from latentlab.models.tokenizers import reconstruct
+    from latentlab.tokenizers.training import reconstruct
     from latentlab.utils import get_device, progress
 
     cfg = cfg or MetricsConfig()
@@ -225,7 +225,7 @@ def _sit_batches(model, rc: dict, decoder, labels: np.ndarray, cfg: MetricsConfi
                  ) -> Iterable[torch.Tensor]:
     """Sample and decode chunk by chunk; chunk c uses seed + 1,000,003 c (chunk 0 = `latentlab sample --seed`)."""
     from latentlab.data import to_tensor
-    from latentlab.sample import SampleConfig, decode_latents, sample_latents
+    from latentlab.sit.sample import SampleConfig, decode_latents, sample_latents
 
     for c, start in enumerate(range(0, len(labels), cfg.chunk)):
         lab = labels[start:start + cfg.chunk]
@@ -244,7 +244,7 @@ def eval_sit(run: str | Path, cfg: MetricsConfig | None = None, out: str | Path 
 
     Writes OUT/gfid.csv, OUT/gfid.json and OUT/samples.png; OUT defaults to RUN/eval.
     """
-    from latentlab.sample import balanced_labels, decoder_for, load_sit
+    from latentlab.sit.sample import balanced_labels, decoder_for, load_sit
     from latentlab.utils import get_device
 
     cfg = cfg or MetricsConfig()

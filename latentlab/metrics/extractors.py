@@ -21,10 +21,11 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from latentlab.errors import LatentlabError
-from latentlab.io import file_hash
+from latentlab.io import file_hash, workspace_root
+from latentlab.metrics.images import fit_images
+from latentlab.metrics.lenet import load_or_train_lenet
 
 FIDELITY_HINT = ("pip install 'latentlab[fid]' (torch-fidelity, which also needs a working torchvision "
                  "matching your torch)")
@@ -63,20 +64,6 @@ class FeatureExtractor:
         """(features (N, D), logits (N, K) or None) as float32 on the extractor's device."""
         feats, logits = self._forward(self.prepare(images))
         return feats.float(), (None if logits is None else logits.float())
-
-
-def fit_images(x: torch.Tensor, channels: int | None, size: int | None, who: str = "extractor") -> torch.Tensor:
-    """Convert images (N, C, H, W) to `channels` (gray <-> RGB) and bilinearly (antialiased) to size x size."""
-    if channels == 3 and x.shape[1] == 1:
-        x = x.expand(-1, 3, -1, -1)                                           # gray -> RGB
-    elif channels == 1 and x.shape[1] == 3:
-        w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        x = (x * w).sum(1, keepdim=True)                                      # RGB -> luma (ITU-R 601)
-    elif channels is not None and x.shape[1] != channels:
-        raise LatentlabError(f"the {who} extractor takes {channels}-channel images, got {x.shape[1]}")
-    if size is not None and tuple(x.shape[-2:]) != (size, size):
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-    return x                                                                  # (N, channels, size, size)
 
 
 def _to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -171,9 +158,6 @@ class LeNetExtractor(FeatureExtractor):
     def __init__(self, device: str | torch.device = "cpu", dataset: str = "mnist5k", image_size: int | None = None,
                  cache_root: str | os.PathLike | None = None, config=None):
         super().__init__(device)
-        from latentlab.metrics.lenet import load_or_train_lenet
-        from latentlab.workspace import workspace_root
-
         root = Path(cache_root) if cache_root is not None else workspace_root() / "extractors"
         self.net, self.record = load_or_train_lenet(dataset, root, image_size, config)
         self.net = self.net.to(self.device)

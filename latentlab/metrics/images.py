@@ -14,9 +14,11 @@ from typing import Iterator
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from latentlab.data import to_tensor
 from latentlab.errors import LatentlabError
+from latentlab.io import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 NPZ_KEY = "images"
@@ -137,9 +139,21 @@ def open_images(path: str | os.PathLike, min_images: int = 2) -> ImageSet:
 
 def save_images_npz(images: np.ndarray, path: str | os.PathLike) -> Path:
     """Write uint8 images (N, H, W, C) to an .npz under the key 'images', atomically."""
-    from latentlab.io import atomic_path
-
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
             np.savez(f, **{NPZ_KEY: np.asarray(images, np.uint8)})
     return Path(path)
+
+
+def fit_images(x: torch.Tensor, channels: int | None, size: int | None, who: str = "extractor") -> torch.Tensor:
+    """Convert images (N, C, H, W) to `channels` (gray <-> RGB) and bilinearly (antialiased) to size x size."""
+    if channels == 3 and x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)                                           # gray -> RGB
+    elif channels == 1 and x.shape[1] == 3:
+        w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+        x = (x * w).sum(1, keepdim=True)                                      # RGB -> luma (ITU-R 601)
+    elif channels is not None and x.shape[1] != channels:
+        raise LatentlabError(f"the {who} extractor takes {channels}-channel images, got {x.shape[1]}")
+    if size is not None and tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x                                                                  # (N, channels, size, size)

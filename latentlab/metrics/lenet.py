@@ -21,8 +21,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from latentlab.data import get_dataset
 from latentlab.errors import LatentlabError
 from latentlab.io import atomic_dir, file_hash, load_json, load_safetensors, obj_hash, save_json, save_safetensors
+from latentlab.metrics.images import fit_images
 from latentlab.utils import info, progress
 
 
@@ -114,9 +116,6 @@ def train_lenet(dataset: str, image_size: int | None = None, config: LeNetConfig
 
 
 def _train(dataset: str, image_size: int | None, cfg: LeNetConfig) -> tuple[LeNet, dict]:
-    from latentlab.data import get_dataset
-    from latentlab.metrics.extractors import fit_images
-
     train = get_dataset(dataset, "train", image_size=image_size)
     test = get_dataset(dataset, "test", image_size=image_size)
     size = input_size(train.image_size)

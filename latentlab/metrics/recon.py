@@ -15,7 +15,6 @@ Conventions (the same as scikit-image, against which the tests check them):
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F

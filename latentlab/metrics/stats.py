@@ -60,7 +60,7 @@ def stats_cache_path(dataset: str, split: str, image_size: int, extractor: Featu
                      limit: int | None = None) -> Path:
     """The cache file of real statistics for this (dataset, split, size, extractor, limit)."""
     from latentlab.metrics.lenet import _slug
-    from latentlab.workspace import workspace_root
+    from latentlab.io import workspace_root
 
     key = obj_hash({"v": CACHE_VERSION, "extractor": extractor.identity(), "limit": limit})
     return workspace_root() / "fid_stats" / f"{_slug(dataset)}-{split}-{image_size}px-{key}.npz"

@@ -24,7 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from latentlab.errors import LatentlabError
-from latentlab.models.blocks import patchify
+from latentlab.tokenizers.blocks import patchify
 
 _SOBEL_X = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]])
 

@@ -1,39 +1,26 @@
-"""A whole study from one YAML: `latentlab run study.yaml --out STUDY_DIR`.
-
-For each tokenizer of the config, in order::
-
-    tokenizer  train it (or: pixels / a pretrained tokenizer / an existing store: nothing to train)
-    eval       PSNR, SSIM and rFD/rFID on the test split                 (latentlab.metrics)
-    extract    train and test latent stores                              (latentlab.extract)
-    probe      linear probe, kNN and structure metrics                   (latentlab.analysis.discriminability)
-    sit        SiT trained on the latents, with its held-out loss        (latentlab.sit_train)
-    sample     SiT samples decoded through the tokenizer                 (latentlab.sample)
-    gfid       FD of the samples against the train split                 (latentlab.metrics)
-
-and for the study as a whole (owner ``_study``): ``gmm`` (NLL against components in one
-common PCA dimension, so it needs every tokenizer), ``umap`` (one panel per tokenizer) and
-``relate`` (summary.csv, correlations.csv, figures, report.html). Every stage is cached in
-``STUDY_DIR/<owner>/<stage>/`` and skipped while the hash of its config and inputs is unchanged
-(`latentlab.stages`); a killed run, started again, redoes only what did not finish.
-"""
+"""The study config: `StudyConfig` and its tokenizer entries, strict and validated before anything runs."""
 
 from __future__ import annotations
 
-import contextlib
+import copy
+import dataclasses
 import os
-import shutil
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from latentlab.analysis.gmm.config import FitGMMConfig, check_config
+from latentlab.analysis.probe import DiscriminabilityConfig, ProbeConfig
+from latentlab.analysis.umap import UmapConfig
 from latentlab.config import from_dict, load_mapping
+from latentlab.data import DATASETS, parse_spec
 from latentlab.errors import LatentlabError
-from latentlab.io import save_json
-from latentlab.stages import StageLog, StageResult, run_stage
-from latentlab.utils import info, progress
+from latentlab.metrics.evaluate import MetricsConfig
+from latentlab.sit.sample import SampleConfig
+from latentlab.sit.training import SiTTrainConfig
+from latentlab.tokenizers.models import TOKENIZERS, TokenizerConfig
+from latentlab.tokenizers.training import TokenizerRunConfig
 
 STUDY_VERSION = 1
-STUDY_OWNER = "_study"
 SPECIAL_ARCHS = ("pixels", "pretrained", "store")
 TOKENIZER_STAGES = ("tokenizer", "eval", "extract", "probe", "sit", "sample", "gfid")
 
@@ -68,11 +55,7 @@ class StudyConfig:
     report: bool = True                              # render report.html from notebooks/report.ipynb
 
 
-# ---------------------------------------------------------------- config
-
 def _entry(name: str, raw) -> TokenizerEntry:
-    from latentlab.models.tokenizers import TOKENIZERS
-
     if raw is None:
         raw = {"arch": name}
     if not isinstance(raw, dict):
@@ -82,15 +65,10 @@ def _entry(name: str, raw) -> TokenizerEntry:
         raise LatentlabError(f"tokenizer {name!r} has unknown arch {e.arch!r}; choose one of "
                              f"{', '.join(sorted(TOKENIZERS) + list(SPECIAL_ARCHS))}")
     if e.arch in TOKENIZERS:  # validate the nested overrides now, not after hours of training
-        import dataclasses as _dc
-
-        from latentlab.models.tokenizer_train import TokenizerRunConfig
-        from latentlab.models.tokenizers import TokenizerConfig
-
         TokenizerRunConfig(arch=e.arch, size=e.size, train=e.train).train_config()
         if e.decoder_finetune is not None:
             TokenizerRunConfig(arch=e.arch, size=e.size, train=e.decoder_finetune).train_config()
-        fields = {f.name for f in _dc.fields(TokenizerConfig)}
+        fields = {f.name for f in dataclasses.fields(TokenizerConfig)}
         unknown = sorted(set(e.model) - fields)
         if unknown:
             raise LatentlabError(f"unknown key {unknown[0]!r} in tokenizers.{name}.model; valid keys: {', '.join(sorted(fields))}")
@@ -103,14 +81,6 @@ def _entry(name: str, raw) -> TokenizerEntry:
 
 def section_configs(cfg: StudyConfig) -> dict:
     """The library configs of every section, built (and so validated) from the study config."""
-    from latentlab.analysis.discriminability import DiscriminabilityConfig
-    from latentlab.analysis.embed import UmapConfig
-    from latentlab.analysis.nll import FitGMMConfig, check_config
-    from latentlab.analysis.probe import ProbeConfig
-    from latentlab.metrics.evaluate import MetricsConfig
-    from latentlab.sample import SampleConfig
-    from latentlab.sit_train import SiTTrainConfig
-
     probe = dict(cfg.probe)
     if isinstance(probe.get("probe"), dict):
         probe["probe"] = from_dict(ProbeConfig, {"device": cfg.device, "seed": cfg.seed, **probe["probe"]},
@@ -137,8 +107,6 @@ def load_study_config(source: str | os.PathLike | dict) -> tuple[StudyConfig, di
     cfg = from_dict(StudyConfig, data, "study config")
     if not cfg.tokenizers or not isinstance(cfg.tokenizers, dict):
         raise LatentlabError("the study config needs 'tokenizers:', a mapping of names to tokenizer settings")
-    from latentlab.data import DATASETS, parse_spec
-
     if parse_spec(cfg.dataset)[0] not in DATASETS:
         raise LatentlabError(f"unknown dataset {cfg.dataset!r}; choose one of {', '.join(sorted(DATASETS))}")
     entries = {str(name): _entry(str(name), raw) for name, raw in cfg.tokenizers.items()}
@@ -149,78 +117,11 @@ def load_study_config(source: str | os.PathLike | dict) -> tuple[StudyConfig, di
     return cfg, entries
 
 
-# ---------------------------------------------------------------- the runner
-
-@contextlib.contextmanager
-def _workspace(path: Path):
-    """Cache extractors and statistics inside the study unless LATENTLAB_WORKSPACE is set."""
-    old = os.environ.get("LATENTLAB_WORKSPACE")
-    if old is None:
-        os.environ["LATENTLAB_WORKSPACE"] = str(path)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("LATENTLAB_WORKSPACE", None)
-
-
-def run_study(config: str | os.PathLike | dict, out: str | os.PathLike) -> dict:
-    """Run (or resume) every stage of a study into `out`; returns the summary (paths and the log)."""
-    from latentlab import study_stages as S
-
-    from latentlab.utils import world_size
-
-    if world_size() > 1:
-        raise LatentlabError("latentlab run is one process (one GPU); run the heavy stages with torchrun "
-                             "(train-tokenizer, extract, train-sit) and give the study their runs/stores")
-    cfg, entries = load_study_config(config)
-    sections = section_configs(cfg)
-    out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    save_json({**asdict(cfg), "version": STUDY_VERSION}, out / "study.json")
-    log = StageLog()
-    t0 = time.perf_counter()
-    ctx = S.StudyContext(cfg, sections, out, log, entries)
-    total = len(entries) * len(TOKENIZER_STAGES) + 3
-    bar = progress(total=total, desc="study", leave=True)
-
-    def step(owner: str, stage: str, key, fn) -> StageResult:
-        bar.set_postfix_str(f"{owner}/{stage}")
-        res = run_stage(out, owner, stage, key, fn, log, announce=info)
-        bar.update(1)
-        return res
-
-    with _workspace(out / "workspace"):
-        done: dict[str, dict[str, StageResult]] = {}
-        for name, entry in entries.items():
-            done[name] = S.tokenizer_stages(ctx, name, entry, step)
-        gmm = S.gmm_stage(ctx, done, step)
-        umap = S.umap_stage(ctx, done, step)
-        relate = S.relate_stage(ctx, done, gmm, umap, step)
-    bar.close()
-    S.publish(relate, out)
-    summary = {"out": str(out), "summary": str(out / "summary.csv"), "correlations": str(out / "correlations.csv"),
-               "report": str(out / "report.html") if (out / "report.html").is_file() else None,
-               "figures": sorted(str(p) for p in (out / "figures").glob("*.png")),
-               "ran": log.ran(), "reused": log.reused(), "seconds": round(time.perf_counter() - t0, 1)}
-    save_json({"log": log.entries, **summary}, out / "run_log.json")
-    return summary
-
-
-def clean_partial(out: str | os.PathLike) -> list[str]:
-    """Remove interrupted stage work directories (`*.work`); returns what was removed."""
-    removed = []
-    for p in Path(out).glob("*/*.work"):
-        shutil.rmtree(p)
-        removed.append(str(p))
-    return removed
-
-
 # ---------------------------------------------------------------- variants (for analyses/)
 
 def base_config(scale: str, data: str | None = None) -> dict:
     """The shipped study config for `scale` ("cpu": studies/default.yaml, "imagenet": studies/imagenet.yaml)."""
-    root = Path(__file__).resolve().parent.parent / "studies"
+    root = Path(__file__).resolve().parents[2] / "studies"
     names = {"cpu": "default.yaml", "imagenet": "imagenet.yaml"}
     if scale not in names:
         raise LatentlabError(f"unknown scale {scale!r}; use cpu or imagenet")
@@ -234,8 +135,6 @@ def base_config(scale: str, data: str | None = None) -> dict:
 
 def with_tokenizers(cfg: dict, tokenizers: dict[str, dict], steps: int | None = None) -> dict:
     """A copy of study config `cfg` with these tokenizers; `steps` (for quick checks) caps every training length."""
-    import copy
-
     out = copy.deepcopy(cfg)
     out["tokenizers"] = copy.deepcopy(tokenizers)
     if steps is not None:

@@ -1,6 +1,6 @@
 """The stages of `latentlab run`: each calls one library function and writes into its stage directory.
 
-A stage function receives `(work_dir, resume)` from `latentlab.stages.run_stage` and returns a
+A stage function receives `(work_dir, resume)` from `latentlab.study.cache.run_stage` and returns a
 JSON-able result whose paths are relative to the stage directory. Keys hash the stage's own
 settings together with the hashes of the stages it reads, so a change anywhere reruns exactly
 what depends on it.
@@ -20,8 +20,8 @@ import pandas as pd
 
 from latentlab.errors import LatentlabError
 from latentlab.io import file_hash, obj_hash, save_csv
-from latentlab.stages import StageLog, StageResult
-from latentlab.workspace import TokenizerLatents
+from latentlab.study.cache import StageLog, StageResult
+from latentlab.extract import TokenizerLatents
 
 Step = Callable[[str, str, object, Callable[[Path, bool], dict]], StageResult]
 OWNER = "_study"
@@ -43,7 +43,7 @@ class StudyContext:
 # ---------------------------------------------------------------- per-tokenizer stages
 
 def _train_tokenizer(ctx: StudyContext, entry, work: Path, resume: bool) -> dict:
-    from latentlab.models.tokenizer_train import TokenizerRunConfig, train_tokenizer
+    from latentlab.tokenizers.training import TokenizerRunConfig, train_tokenizer
 
     train = {"seed": ctx.cfg.seed, "device": ctx.cfg.device, **entry.train}
     run_cfg = TokenizerRunConfig(arch=entry.arch, size=entry.size, dataset=ctx.cfg.dataset, model=dict(entry.model),
@@ -63,12 +63,13 @@ def _train_tokenizer(ctx: StudyContext, entry, work: Path, resume: bool) -> dict
 
 def tokenizer_stages(ctx: StudyContext, name: str, entry, step: Step) -> dict[str, StageResult]:
     """tokenizer -> eval -> extract -> probe -> sit -> sample -> gfid for one tokenizer."""
-    from latentlab.analysis.discriminability import run_probe
+    from latentlab.analysis.probe import run_probe
     from latentlab.extract import extract
-    from latentlab.latents import LatentStore, import_pixels, open_split
+    from latentlab.extract import import_pixels
+    from latentlab.latents import LatentStore, open_split
     from latentlab.metrics.evaluate import eval_tokenizer, fid
-    from latentlab.sample import sample
-    from latentlab.sit_train import train_sit
+    from latentlab.sit.sample import sample
+    from latentlab.sit.training import train_sit
 
     cfg, arch = ctx.cfg, entry.arch
     base = {"entry": dataclasses.asdict(entry), "dataset": cfg.dataset, "seed": cfg.seed, "version": 1}
@@ -94,7 +95,7 @@ def tokenizer_stages(ctx: StudyContext, name: str, entry, step: Step) -> dict[st
 
     def eval_fn(work: Path, resume: bool) -> dict:
         if arch == "pixels":  # the identity: exact reconstruction (PSNR is infinite, kept as the string "inf")
-            from latentlab.study_report import fd_column_names
+            from latentlab.study.report import fd_column_names
 
             rname = fd_column_names(ctx.sections["metrics"])[0]
             return {"row": {"psnr": "inf", "ssim": 1.0, rname: 0.0}, "note": "identity (raw pixels)"}
@@ -176,7 +177,7 @@ def _all(done: dict, stage: str) -> dict:
 
 def gmm_stage(ctx: StudyContext, done: dict, step: Step) -> StageResult:
     """NLL against components for every tokenizer, in one common PCA dimension."""
-    from latentlab.analysis.nll import fit_gmm_curves
+    from latentlab.analysis.gmm.curves import fit_gmm_curves
 
     def fn(work: Path, resume: bool) -> dict:
         toks = [latents_of(n, r["extract"]) for n, r in done.items()]
@@ -189,7 +190,7 @@ def gmm_stage(ctx: StudyContext, done: dict, step: Step) -> StageResult:
 
 def umap_stage(ctx: StudyContext, done: dict, step: Step) -> StageResult:
     """One UMAP panel per tokenizer."""
-    from latentlab.analysis.embed import run_umap
+    from latentlab.analysis.umap import run_umap
 
     def fn(work: Path, resume: bool) -> dict:
         run_umap([latents_of(n, r["extract"]) for n, r in done.items()], work, ctx.sections["umap"])
@@ -200,7 +201,7 @@ def umap_stage(ctx: StudyContext, done: dict, step: Step) -> StageResult:
 
 def relate_stage(ctx: StudyContext, done: dict, gmm: StageResult, umap: StageResult, step: Step) -> StageResult:
     """summary.csv, correlations.csv, tables/, figures/ and report.html."""
-    from latentlab.study_report import build_outputs
+    from latentlab.study.report import build_outputs
 
     key = {"up": {n: {s: r.hash for s, r in res.items()} for n, res in done.items()},
            "gmm": gmm.hash, "umap": umap.hash, "report": bool(ctx.cfg.report), "version": 1}

@@ -4,13 +4,13 @@ In reading order: sin-cos position tables, timestep/label embedders, input embed
 (1D tokens or 2D grids), the adaLN-Zero block, the final layer, the model, size presets
 and the registry `SIT_MODELS` at the bottom (after facebookresearch/DiT and willisma/SiT).
 
-Attention (SDPA), the MLP and patchify come from `latentlab.models.blocks`; the adaLN-Zero
+Attention (SDPA), the MLP and patchify come from `latentlab.tokenizers.blocks`; the adaLN-Zero
 block that conditions them on (t, y) lives here. Inputs follow the LatentStore layouts:
   - "tokens": one sample is `(T, C)`; a linear embedding C -> D plus 1D sin-cos positions;
   - "grid":   one sample is `(C, H, W)`; p x p patches -> D plus 2D sin-cos positions.
 The model is class-conditional: labels `0..num_classes-1`, and the extra index
 `num_classes` is the null class used for label dropout and classifier-free guidance.
-The timestep t lies in [0, 1] (t = 0 noise, t = 1 data; see `latentlab.transport`).
+The timestep t lies in [0, 1] (t = 0 noise, t = 1 data; see `latentlab.sit.transport`).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 
 from latentlab.errors import LatentlabError
-from latentlab.models.blocks import Attention, Mlp, PatchEmbed, unpatchify
+from latentlab.tokenizers.blocks import Attention, Mlp, PatchEmbed, unpatchify
 
 LAYOUTS = ("tokens", "grid")
 

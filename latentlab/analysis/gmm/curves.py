@@ -9,7 +9,7 @@ training and held-out parts. `nll_per_dim` divides the held-out NLL (the train N
 nothing is held out) by the PCA dimension.
 
 `protocol="official"` swaps in the MAETok authors' released procedure (see
-`latentlab.analysis.gmm_official`). Outputs, written only when everything succeeded:
+`latentlab.analysis.gmm.official`). Outputs, written only when everything succeeded:
 gmm.csv (one row per tokenizer x K, columns `COLUMNS`), gmm.json (config, rows, PCA
 info) and nll_vs_components.png/.pdf.
 """
@@ -20,88 +20,22 @@ import dataclasses
 import os
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
+import latentlab.analysis.gmm.official as official
+from latentlab.analysis.gmm.config import (COLUMNS, FitGMMConfig, GMMFeatures, check_config, check_finite, check_sizes,
+                                          PROTOCOL_NAMES, split_rows)
+from latentlab.analysis.gmm.mixture import ConvergenceWarning, GaussianMixture
+from latentlab.analysis.pca import PCA, common_dim
 from latentlab.errors import LatentlabError
-from latentlab.workspace import TokenizerLatents, resolve_tokenizers
-
-COLUMNS = ["tokenizer", "n_components", "pca_dim", "explained_variance", "train_nll", "heldout_nll", "nll_per_dim",
-           "bic", "aic", "n_iter", "converged", "seconds", "protocol"]
-COVARIANCES = ("full", "diag")
-PROTOCOLS = ("em", "official")
-REDUCERS = ("pca", "umap")
-
-
-@dataclass
-class FitGMMConfig:
-    """Every default of `fit-gmm` (the CLI options override these)."""
-
-    components: tuple[int, ...] = (1, 2, 5, 10, 20, 50, 100, 200)
-    pca_variance: float = 0.90  # common dimension: each tokenizer keeps >= this explained variance
-    pca_dim: int | None = None  # fixed PCA dimension instead (official protocol: default official_dim)
-    covariance: str | None = None  # "full" | "diag"; None: full for em, diag for official
-    heldout: float = 0.2  # held-out fraction of the train store
-    protocol: str = "em"  # "em": latentlab's EM GaussianMixture; "official": the MAETok release (Adam)
-    reducer: str = "pca"  # "pca" | "umap" (umap only with the official protocol)
-    max_iter: int = 100  # EM iterations
-    n_init: int = 1  # EM restarts
-    tol: float = 1e-3  # EM: change of mean log-likelihood; official: change of the epoch's mean loss
-    reg_covar: float = 1e-6
-    init_params: str = "kmeans"
-    seed: int = 0
-    device: str = "auto"
-    batch_size: int | None = None  # rows per streamed chunk (None: automatic)
-    official_dim: int = 100  # the released script reduces to 100 dimensions
-    official_epochs: int = 30  # the released script runs 2000 epochs; this default is sized for a CPU
-    official_lr: float = 1e-3
-    official_batch_size: int = 64
-    official_split_seed: int = 42
-
-
-def check_config(cfg: FitGMMConfig) -> FitGMMConfig:
-    """Validate `cfg` (one-line LatentlabErrors) and resolve protocol-dependent defaults."""
-    if cfg.protocol not in PROTOCOLS:
-        raise LatentlabError(f"unknown protocol {cfg.protocol!r}; use one of {', '.join(PROTOCOLS)}")
-    if cfg.reducer not in REDUCERS:
-        raise LatentlabError(f"unknown reducer {cfg.reducer!r}; use one of {', '.join(REDUCERS)}")
-    if cfg.reducer == "umap" and cfg.protocol != "official":
-        raise LatentlabError("--reducer umap belongs to --protocol official; the em protocol reduces with PCA")
-    cov = cfg.covariance or ("diag" if cfg.protocol == "official" else "full")
-    if cov not in COVARIANCES:
-        raise LatentlabError(f"unknown covariance type {cov!r}; use one of {', '.join(COVARIANCES)}")
-    if cfg.protocol == "official" and cov != "diag":
-        raise LatentlabError("the official protocol fits diagonal GMMs; drop --covariance or use --covariance diag")
-    if not 0.0 < float(cfg.pca_variance) <= 1.0:
-        raise LatentlabError(f"--pca-variance must be in (0, 1]; got {cfg.pca_variance}")
-    if cfg.pca_dim is not None and int(cfg.pca_dim) < 1:
-        raise LatentlabError(f"--pca-dim must be >= 1; got {cfg.pca_dim}")
-    if not 0.0 <= float(cfg.heldout) < 1.0:
-        raise LatentlabError(f"--heldout must be in [0, 1); got {cfg.heldout}")
-    comps = tuple(int(k) for k in cfg.components)
-    if not comps or min(comps) < 1:
-        raise LatentlabError(f"--components must be integers >= 1; got {list(cfg.components)}")
-    for name in ("max_iter", "n_init", "official_epochs", "official_batch_size"):
-        if int(getattr(cfg, name)) < 1:
-            raise LatentlabError(f"{name} must be >= 1; got {getattr(cfg, name)}")
-    if cfg.batch_size is not None and int(cfg.batch_size) < 1:
-        raise LatentlabError(f"--batch-size must be >= 1; got {cfg.batch_size}")
-    return dataclasses.replace(cfg, covariance=cov, components=tuple(sorted(set(comps))))
-
-
-@dataclass
-class Features:
-    """One tokenizer's reduced, z-scored features: training and held-out rows (float32)."""
-
-    name: str
-    train: np.ndarray  # (n_train, k)
-    heldout: np.ndarray  # (n_heldout, k)
-    explained_variance: float  # of the kept dimensions (NaN for UMAP)
-    info: dict = field(default_factory=dict)
-
+from latentlab.extract import TokenizerLatents, resolve_tokenizers
+from latentlab.io import atomic_dir, save_csv, save_json
+from latentlab.plots.gmm import plot_nll_vs_components
+from latentlab.utils import is_main, progress, progress_enabled, warn
 
 @dataclass
 class GMMCurves:
@@ -129,41 +63,13 @@ class GMMCurves:
 OUTPUT_FILES = ("gmm.csv", "gmm.json", "nll_vs_components.png", "nll_vs_components.pdf")
 
 
-# ---------------------------------------------------------------- preparation
-
-def check_finite(toks: Sequence[TokenizerLatents]) -> None:
-    """Refuse latents holding NaN or inf, naming the tokenizer, the store and the row count."""
-    for t in toks:
-        bad = t.train.count_nonfinite()
-        if bad:
-            raise LatentlabError(f"tokenizer {t.name!r}: {bad} of {len(t.train)} latent rows in {t.train.path} "
-                                 f"contain NaN or inf; clean or drop them and re-import the store")
-
-
-def split_rows(n: int, heldout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded random (train, held-out) row indices, each sorted (so stores stream in order)."""
-    n_held = int(round(heldout * n))
-    perm = np.random.default_rng(seed).permutation(n)
-    return np.sort(perm[n_held:]), np.sort(perm[:n_held])
-
-
-def _check_sizes(name: str, n_train: int, cfg: FitGMMConfig) -> None:
-    k = max(cfg.components)
-    if k > n_train:
-        raise LatentlabError(f"n_components={k} exceeds the {n_train} training rows of {name!r} "
-                             f"(after holding out {cfg.heldout:g}); lower --components or --heldout")
-
-
-def em_features(toks: Sequence[TokenizerLatents], cfg: FitGMMConfig) -> tuple[list[Features], dict]:
+def em_features(toks: Sequence[TokenizerLatents], cfg: FitGMMConfig) -> tuple[list[GMMFeatures], dict]:
     """Split, fit a PCA on each training part, pick the common dimension and z-score both parts."""
-    from latentlab.analysis.pca import PCA, common_dim
-    from latentlab.utils import progress
-
     bs = cfg.batch_size or 8192
     splits, pcas = {}, {}
     for t in progress(toks, desc="PCA"):
         tr, ho = split_rows(len(t.train), cfg.heldout, cfg.seed)
-        _check_sizes(t.name, len(tr), cfg)
+        check_sizes(t.name, len(tr), cfg)
         splits[t.name] = (tr, ho)
         pcas[t.name] = PCA(None, device=cfg.device, batch_size=bs).fit(t.train, indices=tr)
     cd = common_dim(pcas, cfg.pca_variance, cfg.pca_dim)
@@ -173,7 +79,7 @@ def em_features(toks: Sequence[TokenizerLatents], cfg: FitGMMConfig) -> tuple[li
         z = lambda idx: p.transform(t.train, indices=idx, zscore=True).astype(np.float32)  # noqa: E731
         info = {**p.info(), "own_dim": cd.own_dims[t.name], "n_train": len(tr), "n_heldout": len(ho),
                 "store": str(t.train.path), "source": t.source}
-        feats.append(Features(t.name, z(tr), z(ho) if len(ho) else np.zeros((0, cd.dim), np.float32),
+        feats.append(GMMFeatures(t.name, z(tr), z(ho) if len(ho) else np.zeros((0, cd.dim), np.float32),
                               cd.explained_variance[t.name], info))
     return feats, {"pca_dim": cd.dim, "rule": cd.rule, "own_dims": cd.own_dims,
                    "explained_variance": cd.explained_variance}
@@ -181,11 +87,8 @@ def em_features(toks: Sequence[TokenizerLatents], cfg: FitGMMConfig) -> tuple[li
 
 # ---------------------------------------------------------------- fitting
 
-def _em_row(f: Features, k: int, cfg: FitGMMConfig, show: bool) -> tuple[dict, dict]:
+def _em_row(f: GMMFeatures, k: int, cfg: FitGMMConfig, show: bool) -> tuple[dict, dict]:
     """Fit latentlab's EM GaussianMixture with K components; NLLs in nats per sample."""
-    from latentlab.analysis.gmm import ConvergenceWarning, GaussianMixture
-    from latentlab.utils import warn
-
     n, d = f.train.shape
     if cfg.covariance == "full" and n / k < d + 1:
         warn(f"{f.name!r} K={k}: about {n // k} training rows per component in {d} dimensions, so full covariances "
@@ -210,9 +113,6 @@ def fit_gmm_curves(tokenizers: Sequence[str] | Sequence[TokenizerLatents], confi
     """NLL of Gaussian mixtures against K for each tokenizer; writes gmm.csv/json and the figure to `out`."""
     import pandas as pd
 
-    from latentlab.analysis import gmm_official
-    from latentlab.utils import is_main, progress, progress_enabled
-
     cfg = check_config(config or FitGMMConfig())
     if out is not None and Path(out).exists() and not Path(out).is_dir():
         raise LatentlabError(f"--out {out} exists and is not a directory; choose another --out")
@@ -220,12 +120,8 @@ def fit_gmm_curves(tokenizers: Sequence[str] | Sequence[TokenizerLatents], confi
     if not toks or isinstance(toks[0], str):
         toks = resolve_tokenizers(toks, dataset)
     check_finite(toks)
-    if cfg.protocol == "official":
-        feats, reduction = gmm_official.official_features(toks, cfg)
-        fit_row = gmm_official.official_row
-    else:
-        feats, reduction = em_features(toks, cfg)
-        fit_row = _em_row
+    make_features, fit_row = PROTOCOLS[cfg.protocol]
+    feats, reduction = make_features(toks, cfg)
     rows, curves = [], {}
     bar = progress(total=len(feats) * len(cfg.components), desc="GMM", leave=True)
     for f in feats:
@@ -244,18 +140,20 @@ def fit_gmm_curves(tokenizers: Sequence[str] | Sequence[TokenizerLatents], confi
     table = pd.DataFrame(rows, columns=COLUMNS)
     reduction["tokenizers"] = {f.name: f.info for f in feats}
     result = GMMCurves(table, reduction, {**dataclasses.asdict(cfg), "components": list(cfg.components),
-                                          **gmm_official.protocol_notes(cfg)}, curves,
+                                          **official.protocol_notes(cfg)}, curves,
                        str(out) if out is not None else None)
     if out is not None and is_main():  # under torchrun every rank holds the same result
         write_outputs(result, out)
     return result
 
 
+# protocol name -> (features for every tokenizer, one table row per K)
+PROTOCOLS = {"em": (em_features, _em_row), "official": (official.official_features, official.official_row)}
+assert tuple(PROTOCOLS) == PROTOCOL_NAMES
+
+
 def write_outputs(result: GMMCurves, out: str | os.PathLike) -> None:
     """gmm.csv, gmm.json and nll_vs_components.png/.pdf; a new `out` appears complete or not at all."""
-    from latentlab.io import atomic_dir, save_csv, save_json
-    from latentlab.plots.gmm import plot_nll_vs_components
-
     def write(d: Path) -> None:
         save_csv(result.table, d / "gmm.csv")
         save_json({"config": result.config, "reduction": result.reduction, "rows": result.table.to_dict("records"),

@@ -2,7 +2,7 @@
 
 How to use it (the whole interface)::
 
-    from latentlab.train import TrainConfig, TrainTask, train, index_batch
+    from latentlab.trainer import TrainConfig, TrainTask, train, index_batch
 
     class MyTask(TrainTask):
         def __init__(self, model, data, seed):
@@ -61,8 +61,8 @@ from torch import nn
 
 from latentlab.config import to_dict
 from latentlab.errors import LatentlabError
-from latentlab.io import (load_json, load_safetensors, load_torch_state, save_json, save_safetensors,
-                          save_torch_state)
+from latentlab.io import (load_json, load_torch_state, load_weights_into, save_json,
+                          save_safetensors, save_torch_state)
 from latentlab.utils import dist_ready, get_device, is_main, progress, rank, world_size
 
 SCHEDULES = ("cosine", "constant")
@@ -215,15 +215,6 @@ def save_checkpoint(out: Path, model: nn.Module, ema: nn.Module, opt: torch.opti
                      out / "state.pt")
 
 
-def _load_into(module: nn.Module, path: Path) -> None:
-    state = load_safetensors(path)
-    try:
-        module.load_state_dict(state, strict=True)
-    except RuntimeError:
-        raise LatentlabError(f"checkpoint {path} does not match the model in config.json "
-                             "(different architecture); retrain or point at the right run") from None
-
-
 def _append_metrics(path: Path, rec: dict) -> None:
     from latentlab.io import to_json
 
@@ -276,8 +267,8 @@ def train(task: TrainTask, cfg: TrainConfig, out_dir: str | Path, resume: bool =
         if old_train != new_train or old_rest != new_rest:
             raise LatentlabError(f"{out} was trained with a different configuration; resume with the same "
                                  "settings (only steps may change) or choose another --out")
-        _load_into(model, out / "model.safetensors")
-        _load_into(ema, out / "ema.safetensors")
+        load_weights_into(model, out / "model.safetensors")
+        load_weights_into(ema, out / "ema.safetensors")
         state = load_torch_state(out / "state.pt")
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
@@ -349,14 +340,6 @@ def train(task: TrainTask, cfg: TrainConfig, out_dir: str | Path, resume: bool =
     return {"out": str(out), "steps": cfg.steps, "start_step": start, "world_size": ws,
             "time_s": round(time.time() - t0, 3), "final": last, "eval": last_eval,
             "device": str(device)}
-
-
-def load_run_weights(run: str | Path, module: nn.Module, which: str = "ema") -> nn.Module:
-    """Load `model` or `ema` weights of a run into `module` (one-line error on mismatch or corruption)."""
-    if which not in ("ema", "model"):
-        raise LatentlabError(f"weights must be 'ema' or 'model', got {which!r}")
-    _load_into(module, Path(run) / f"{which}.safetensors")
-    return module
 
 
 def run_fields(cls: type) -> list[str]:

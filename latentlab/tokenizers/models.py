@@ -10,24 +10,23 @@ total under "loss". The encoder's parameters sit under `encoder.`, the pixel dec
 
 Size presets (`SIZES`) go from "tiny" (CPU, 32 px) to "B" (ViT-B, patch 16, 128 tokens x 32 channels
 at 256 px). The patch size follows the dataset: the preset's patch grid is kept (patch = image / grid,
-at least 2), unless `patch_size` is given. `load_tokenizer(run)` rebuilds a trained model from its run.
+at least 2), unless `patch_size` is given. `training.load_tokenizer(run)` rebuilds a trained model from its run.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from latentlab.errors import LatentlabError
-from latentlab.models.blocks import PatchEmbed, Transformer, rope_2d, sincos_2d, unpatchify
-from latentlab.models.losses import (DeterministicPosterior, DiagonalGaussian, PatchDiscriminator, adaptive_weight,
-                                     hinge_d_loss, hinge_g_loss, load_perceptual, reconstruction_loss, vf_loss)
-from latentlab.models.targets import make_target
+from latentlab.config import from_dict
+from latentlab.tokenizers.blocks import PatchEmbed, Transformer, rope_2d, sincos_2d, unpatchify
+from latentlab.tokenizers.losses import (DeterministicPosterior, DiagonalGaussian, PatchDiscriminator, adaptive_weight,
+                                         hinge_d_loss, hinge_g_loss, load_perceptual, masked_mse,
+                                         reconstruction_loss, vf_loss)
+from latentlab.tokenizers.targets import make_target
 
 STAGES = ("full", "decoder-finetune")
 
@@ -302,49 +301,74 @@ class VAVAETokenizer(VAETokenizer):
         return terms
 
 
-# MAETok lives in maetok.py; the registry is filled there to keep this file short.
-TOKENIZERS: dict[str, type[AETokenizer]] = {"ae": AETokenizer, "vae": VAETokenizer, "vavae": VAVAETokenizer}
+# ---------------------------------------------------------------- MAETok
+# MAETok: a masked-autoencoder tokenizer with learnable latent tokens and auxiliary decoders.
+#
+# Training (stage "full"): a mask ratio r ~ U[mask_min, mask_max] is drawn per batch; round(r * N)
+# random patch embeddings per image are replaced by a learnable mask token in the encoder. The pixel
+# decoder reconstructs the whole image from the latent tokens only. Shallow auxiliary decoders (one
+# per target: HOG by default, pixels, or a teacher) predict their targets from the latent tokens,
+# with the loss on masked positions only. Stage "decoder-finetune" freezes the encoder, turns
+# masking off and trains the pixel decoder alone.
+#
+# Ablation switches (TokenizerConfig): `mask` (on/off), `learnable_tokens` (learnable latent tokens
+# vs latents pooled from the image tokens), `aux_targets` (which auxiliary decoders, possibly none).
+
+
+def random_mask(b: int, n: int, lo: float, hi: float, generator: torch.Generator | None = None,
+                device: torch.device | None = None) -> tuple[torch.Tensor, float]:
+    """A (B, N) bool mask with round(r * N) True per row, r ~ U[lo, hi] drawn once per batch; returns (mask, r)."""
+    r = lo + (hi - lo) * float(torch.rand((), generator=generator, device=device))
+    k = int(round(r * n))
+    noise = torch.rand(b, n, generator=generator, device=device)  # (B, N)
+    ranks = noise.argsort(1).argsort(1)  # rank of each position within its row
+    return ranks < k, r
+
+
+class MAETokTokenizer(AETokenizer):
+    """Deterministic 1D-token AE trained with masking and auxiliary target decoders."""
+
+    arch = "maetok"
+    uses_mask_token = True
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__(cfg)
+        targets = [make_target(t, cfg.patch_size, cfg.channels, cfg.image_size) for t in cfg.aux_targets]
+        self._targets = targets  # frozen: not in the state dict
+        self.aux_decoders = nn.ModuleDict({t.name.replace(":", "_").replace(".", "_"): Decoder(cfg, t.dim, cfg.dec_width, cfg.aux_depth)
+                                           for t in targets})
+        if not cfg.mask:  # without masking the mask token is never used; keep DDP free of unused parameters
+            self.encoder.mask_token.requires_grad_(False)
+        if cfg.stage == "decoder-finetune":
+            self.freeze_encoder()
+
+    def train_terms(self, x, generator, step):
+        cfg = self.cfg
+        b, n = x.shape[0], cfg.grid * cfg.grid
+        if cfg.mask:
+            mask, ratio = random_mask(b, n, cfg.mask_min, cfg.mask_max, generator, x.device)
+        else:
+            mask, ratio = torch.zeros(b, n, dtype=torch.bool, device=x.device), 0.0
+        z = self.encoder(x, mask if cfg.mask else None)  # (B, T, C)
+        terms = self.pixel_terms(x, self.decode_raw(z), step)
+        # without masking the auxiliary targets are predicted at every position (MAE degenerates to AE)
+        where = mask if cfg.mask else torch.ones_like(mask)
+        for (key, dec), target in zip(self.aux_decoders.items(), self._targets):
+            with torch.no_grad():
+                tgt = target.to(x.device)(x)  # (B, N, Dt)
+            aux = masked_mse(dec(z).float(), tgt.float(), where)
+            terms[f"aux_{key}"] = aux
+            terms["loss"] = terms["loss"] + cfg.aux_weight * aux
+        terms["mask_ratio"] = torch.tensor(ratio, device=x.device)
+        return terms
 
 
 def build_tokenizer(cfg: TokenizerConfig | dict) -> AETokenizer:
     """Instantiate the tokenizer described by `cfg` (a TokenizerConfig or its dict)."""
-    from latentlab.config import from_dict
-
     if isinstance(cfg, dict):
         cfg = from_dict(TokenizerConfig, cfg, "tokenizer config")
     return TOKENIZERS[cfg.arch](cfg)
 
 
-def load_tokenizer(run: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[AETokenizer, dict]:
-    """Rebuild a trained tokenizer from its run directory: (model in eval mode, run config dict)."""
-    from latentlab.io import load_json
-    from latentlab.train import load_run_weights
-
-    run = Path(run)
-    if not run.is_dir():
-        raise LatentlabError(f"tokenizer run not found: {run}")
-    cfg = load_json(run / "config.json", "run config")
-    if cfg.get("kind") != "tokenizer" or "model" not in cfg:
-        raise LatentlabError(f"{run} is not a tokenizer run (config.json has kind={cfg.get('kind')!r}); "
-                             "train one with `latentlab train-tokenizer`")
-    model = build_tokenizer(cfg["model"])
-    load_run_weights(run, model, weights)
-    return model.to(device).eval(), cfg
-
-
-@torch.no_grad()
-def reconstruct(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
-    """Encode with the posterior mode and decode, in batches: images (N, C, H, W) -> (N, C, H, W) in [-1, 1]."""
-    model.eval()
-    dev = next(model.parameters()).device
-    out = [model.decode(model.encode(images[i:i + batch_size].to(dev)).mode()).cpu()
-           for i in range(0, len(images), batch_size)]
-    return torch.cat(out)
-
-
-def config_fields() -> list[str]:
-    """Names of the TokenizerConfig fields (valid keys under `model:` in a config file)."""
-    return [f.name for f in dataclasses.fields(TokenizerConfig)]
-
-
-from latentlab.models import maetok as _maetok  # noqa: E402,F401  (registers "maetok")
+TOKENIZERS: dict[str, type[AETokenizer]] = {"ae": AETokenizer, "vae": VAETokenizer, "vavae": VAVAETokenizer,
+                                          "maetok": MAETokTokenizer}

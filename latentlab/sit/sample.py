@@ -21,11 +21,11 @@ import torch
 from latentlab.config import from_dict
 from latentlab.errors import LatentlabError
 from latentlab.io import atomic_dir, load_json, save_json, save_npy
-from latentlab.models.sit import SiT, SiTConfig
-from latentlab.sit_train import _seed, denormalize
-from latentlab.train import load_run_weights
-from latentlab.transport import Sampler, guided_velocity, integrate, parse_enum
-from latentlab.utils import get_device, info, progress
+from latentlab.sit.model import SiT, SiTConfig
+from latentlab.sit.training import denormalize
+from latentlab.io import load_run_weights
+from latentlab.sit.transport import Sampler, guided_velocity, integrate, parse_enum
+from latentlab.utils import derive_seed, get_device, info, progress
 
 
 @dataclass
@@ -83,7 +83,7 @@ def sample_noise(n: int, shape: tuple[int, ...], seed: int, start: int = 0) -> t
     """(n, *shape) noise; row i comes from a generator seeded by (seed, start + i) alone."""
     out = torch.empty((n, *shape))
     for i in range(n):
-        g = torch.Generator().manual_seed(_seed("sit-sample", seed, start + i))
+        g = torch.Generator().manual_seed(derive_seed("sit-sample", seed, start + i))
         out[i] = torch.randn(shape, generator=g)
     return out
 
@@ -102,7 +102,7 @@ def sample_latents(model: SiT, labels: np.ndarray, cfg: SampleConfig, norm: dict
         y = torch.where(lab < 0, torch.full_like(lab, model.null_class), lab)
         x0 = sample_noise(len(lab), shape, cfg.seed, start).to(dev)                      # (B, *shape)
         fn = guided_velocity(model, y, cfg.cfg, model.null_class, cfg.guidance_interval)
-        g = torch.Generator(device=dev).manual_seed(_seed("sit-sde", cfg.seed, start))
+        g = torch.Generator(device=dev).manual_seed(derive_seed("sit-sde", cfg.seed, start))
 
         def vel(x, t):
             with autocast:

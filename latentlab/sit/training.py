@@ -1,9 +1,9 @@
 """Training SiT on a tokenizer's latents with the shared loop, and its held-out "SiT loss".
 
 `train_sit(tokenizer, out, cfg)` resolves the latents, normalises them with the train
-store's statistics, and drives `latentlab.train.train` with a `SiTTask`:
+store's statistics, and drives `latentlab.trainer.train` with a `SiTTask`:
 
-- the loss is the velocity-matching loss of `latentlab.transport` (t = 1 is data), with
+- the loss is the velocity-matching loss of `latentlab.sit.transport` (t = 1 is data), with
   label dropout to the null class for classifier-free guidance;
 - every `eval_every` steps the EMA model is scored on a FIXED held-out set (`HeldOut`).
 
@@ -22,7 +22,7 @@ true labels (no dropout, no guidance), as the per-sample mean over all latent di
 
 from __future__ import annotations
 
-import zlib
+
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -33,10 +33,11 @@ from latentlab.config import from_dict, merge
 from latentlab.errors import LatentlabError
 from latentlab.io import load_json, obj_hash
 from latentlab.latents import LatentStore
-from latentlab.models.sit import SiT, sit_config, token_patch_for
-from latentlab.train import TrainConfig, TrainTask, index_batch, train, unwrap
-from latentlab.transport import TimeSampling, drop_labels, flow_loss, parse_enum, per_sample_mse, sample_t
-from latentlab.transport import interpolate, target_velocity
+from latentlab.sit.model import SiT, sit_config, token_patch_for
+from latentlab.trainer import TrainConfig, TrainTask, index_batch, train, unwrap
+from latentlab.sit.transport import TimeSampling, drop_labels, flow_loss, parse_enum, per_sample_mse, sample_t
+from latentlab.sit.transport import interpolate, target_velocity
+from latentlab.utils import derive_seed
 
 NORMALIZATIONS = ("channel", "global", "none")
 
@@ -117,10 +118,6 @@ def denormalize(x: torch.Tensor, norm: dict) -> torch.Tensor:
 
 # ---------------------------------------------------------------- held-out set
 
-def _seed(*parts) -> int:
-    return int(np.random.SeedSequence([zlib.crc32(str(p).encode()) for p in parts]).generate_state(1)[0])
-
-
 @dataclass
 class HeldOut:
     """A fixed set of (latent, label) rows with a t grid and seeded noise; see the module docstring."""
@@ -139,7 +136,7 @@ class HeldOut:
 
     def noise(self, k: int) -> torch.Tensor:
         """(n, *sample_shape) noise for t_grid[k], from a seed independent of the tokenizer."""
-        g = torch.Generator().manual_seed(_seed("sit-heldout-noise", self.seed, self.dataset_key, self.n, k))
+        g = torch.Generator().manual_seed(derive_seed("sit-heldout-noise", self.seed, self.dataset_key, self.n, k))
         return torch.randn((self.n, *self.store.sample_shape), generator=g)
 
     def describe(self) -> dict:
@@ -151,7 +148,7 @@ class HeldOut:
 def heldout_indices(n_rows: int, n: int, dataset_key: str, seed: int = 0) -> np.ndarray:
     """n sorted rows of range(n_rows), chosen by a seed of (seed, dataset_key, n) only."""
     n = min(n, n_rows)
-    rng = np.random.default_rng(_seed("sit-heldout-rows", seed, dataset_key, n))
+    rng = np.random.default_rng(derive_seed("sit-heldout-rows", seed, dataset_key, n))
     return np.sort(rng.permutation(n_rows)[:n])
 
 
@@ -223,7 +220,7 @@ class SiTTask(TrainTask):
         """
         x, y, (lo, total) = batch
         lo, total, n = int(lo), int(total), x.shape[0]
-        g = torch.Generator(device=x.device).manual_seed(_seed("sit-train", self.tcfg.seed, step))
+        g = torch.Generator(device=x.device).manual_seed(derive_seed("sit-train", self.tcfg.seed, step))
         t = sample_t(total, self.time_sampling, g, self.cfg.logit_mean, self.cfg.logit_std, x.device)[lo:lo + n]
         eps = torch.randn((total, *x.shape[1:]), generator=g, device=x.device)[lo:lo + n]        # (B, *shape)
         y = drop_labels(torch.cat([y.new_zeros(lo), y, y.new_zeros(total - lo - n)]), self.cfg.label_dropout,
@@ -286,7 +283,7 @@ def _check_resume_shape(out: Path, train: LatentStore) -> None:
 
 def build_sit_task(tokenizer, cfg: SiTTrainConfig, dataset: str | None = None) -> tuple[SiTTask, TrainConfig]:
     """Resolve the latents and build the model, normalisation, held-out set and task."""
-    from latentlab.workspace import TokenizerLatents, resolve_tokenizer
+    from latentlab.extract import TokenizerLatents, resolve_tokenizer
 
     tl = tokenizer if isinstance(tokenizer, TokenizerLatents) else resolve_tokenizer(str(tokenizer), dataset)
     train_store, test_store = tl.train, tl.test

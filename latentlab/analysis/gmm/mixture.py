@@ -34,9 +34,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from latentlab.analysis import _gmm_math as M
-from latentlab.analysis._gmm_math import ConvergenceWarning, GMMError, RegularisationWarning
-from latentlab.analysis._gmm_source import Source, assign, lloyd, seed_rows
+import latentlab.analysis.gmm._math as M
+from latentlab.analysis.gmm._math import ConvergenceWarning, GMMError, RegularisationWarning
+from latentlab.analysis.gmm._init import Source, assign, lloyd, seed_rows
 from latentlab.utils import all_reduce_, dist_ready, get_device, info, progress
 
 __all__ = ["GaussianMixture", "GMMError", "ConvergenceWarning", "RegularisationWarning"]
@@ -63,6 +63,9 @@ def _rng(random_state) -> np.random.Generator:
     if isinstance(random_state, np.random.RandomState):
         return np.random.default_rng(random_state.randint(2**31 - 1))
     return np.random.default_rng(random_state)
+
+
+TIE_RTOL = 1e-6  # restarts whose lower bounds agree to this relative precision are ties
 
 
 class GaussianMixture:
@@ -230,7 +233,9 @@ class GaussianMixture:
                     break
             if self.progress:
                 bar.close()
-            if lb > max_lb or max_lb == -math.inf:
+            # a later init must beat the best by more than float noise: equal optima (often the same mixture with
+            # its components permuted) keep the first, so the choice does not depend on summation order (ranks)
+            if max_lb == -math.inf or lb > max_lb + TIE_RTOL * abs(max_lb):
                 max_lb, best, best_n_iter, best_lbs, best_reg = lb, params, n_iter, lbs, reg
                 self.converged_ = converged
         if not self.converged_ and self.max_iter > 0:

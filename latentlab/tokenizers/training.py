@@ -1,4 +1,4 @@
-"""Training a tokenizer run: `TokenizerRunConfig`, the `TokenizerTask` for `latentlab.train`, and `train_tokenizer`.
+"""Training a tokenizer run: `TokenizerRunConfig`, the `TokenizerTask` for `latentlab.trainer`, and `train_tokenizer`.
 
 A config file (YAML/JSON) for `latentlab train-tokenizer --config FILE` has the keys of
 `TokenizerRunConfig`; `model:` holds `TokenizerConfig` overrides and `train:` holds `TrainConfig`
@@ -18,9 +18,9 @@ import torch.nn as nn
 from latentlab.config import from_dict, to_dict
 from latentlab.data import ImageDataset, get_dataset, to_uint8
 from latentlab.errors import LatentlabError
-from latentlab.io import file_hash, load_json
-from latentlab.models.tokenizers import TokenizerConfig, build_tokenizer, reconstruct
-from latentlab.train import TrainConfig, TrainTask, index_batch, load_run_weights, train
+from latentlab.io import file_hash, load_json, load_run_weights
+from latentlab.tokenizers.models import AETokenizer, TokenizerConfig, build_tokenizer
+from latentlab.trainer import TrainConfig, TrainTask, index_batch, train
 
 # Tokenizer training defaults (override any TrainConfig field under `train:` or on the command line).
 TRAIN_DEFAULTS = dict(steps=1000, batch_size=32, lr=2e-3, weight_decay=0.0, warmup_steps=100, min_lr_ratio=0.05,
@@ -62,7 +62,7 @@ def save_grid(rows: list[torch.Tensor], path: Path, min_side: int = 64) -> None:
 
 
 class TokenizerTask(TrainTask):
-    """Drives `latentlab.train.train` for a tokenizer on an image dataset."""
+    """Drives `latentlab.trainer.train` for a tokenizer on an image dataset."""
 
     def __init__(self, model: nn.Module, train_ds: ImageDataset, test_ds: ImageDataset, run_cfg: dict, seed: int,
                  eval_images: int = 256, sample_images: int = 8):
@@ -136,3 +136,27 @@ def train_tokenizer(cfg: TokenizerRunConfig, out: str | Path, resume: bool = Fal
     return {**summary, "arch": run_cfg["arch"], "size": run_cfg["size"], "teacher": run_cfg["teacher"],
             "stage": run_cfg["stage"], "dataset": cfg.dataset, "params": n_params,
             "latent_shape": list(model.latent_shape), "psnr": summary["eval"].get("psnr")}
+
+
+def load_tokenizer(run: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[AETokenizer, dict]:
+    """Rebuild a trained tokenizer from its run directory: (model in eval mode, run config dict)."""
+    run = Path(run)
+    if not run.is_dir():
+        raise LatentlabError(f"tokenizer run not found: {run}")
+    cfg = load_json(run / "config.json", "run config")
+    if cfg.get("kind") != "tokenizer" or "model" not in cfg:
+        raise LatentlabError(f"{run} is not a tokenizer run (config.json has kind={cfg.get('kind')!r}); "
+                             "train one with `latentlab train-tokenizer`")
+    model = build_tokenizer(cfg["model"])
+    load_run_weights(run, model, weights)
+    return model.to(device).eval(), cfg
+
+
+@torch.no_grad()
+def reconstruct(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Encode with the posterior mode and decode, in batches: images (N, C, H, W) -> (N, C, H, W) in [-1, 1]."""
+    model.eval()
+    dev = next(model.parameters()).device
+    out = [model.decode(model.encode(images[i:i + batch_size].to(dev)).mode()).cpu()
+           for i in range(0, len(images), batch_size)]
+    return torch.cat(out)

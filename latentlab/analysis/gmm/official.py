@@ -30,6 +30,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from latentlab.analysis.gmm.config import GMMFeatures, check_sizes
+from latentlab.analysis.pca import PCA
 from latentlab.errors import LatentlabError
 from latentlab.utils import get_device, progress, warn
 
@@ -68,8 +70,6 @@ def official_features(toks: Sequence, cfg) -> tuple[list, dict]:
     """Reduce all rows to `official_dim` (or `pca_dim`) dimensions, z-score, then split with seed 42."""
     from sklearn.model_selection import train_test_split
 
-    from latentlab.analysis.nll import Features, _check_sizes
-    from latentlab.analysis.pca import PCA
 
     want = int(cfg.pca_dim or cfg.official_dim)
     feats, explained = [], {}
@@ -81,7 +81,7 @@ def official_features(toks: Sequence, cfg) -> tuple[list, dict]:
         idx = np.arange(n)
         tr, ho = train_test_split(idx, test_size=cfg.heldout, random_state=cfg.official_split_seed) \
             if cfg.heldout > 0 else (idx, idx[:0])
-        _check_sizes(t.name, len(tr), cfg)
+        check_sizes(t.name, len(tr), cfg)
         info = {"n_train": len(tr), "n_heldout": len(ho), "store": str(t.train.path), "source": t.source,
                 "reducer": cfg.reducer, "pca_dim": k}
         if cfg.reducer == "umap":
@@ -91,7 +91,7 @@ def official_features(toks: Sequence, cfg) -> tuple[list, dict]:
             z, ev = _zscore(p.transform(t.train)), p.explained_variance_at(k)
             info.update(p.info())
         explained[t.name] = ev
-        feats.append(Features(t.name, z[tr].astype(np.float32), z[ho].astype(np.float32), ev, info))
+        feats.append(GMMFeatures(t.name, z[tr].astype(np.float32), z[ho].astype(np.float32), ev, info))
     dims = {f.train.shape[1] for f in feats}
     if len(dims) > 1:
         raise LatentlabError(f"the tokenizers reduce to different dimensions {sorted(dims)}; NLLs would not be "

@@ -15,11 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
-from latentlab.analysis.features import POOLS, Features, check_labels
+from latentlab.analysis.stream import POOLS, Features, check_labels
 from latentlab.errors import LatentlabError
 from latentlab.io import save_csv
 from latentlab.utils import progress, warn
-from latentlab.workspace import TokenizerLatents
+from latentlab.extract import TokenizerLatents
 
 CSV_COLUMNS = ["tokenizer", "index", "label", "x", "y"]
 

@@ -1,1 +1,0 @@
-"""Models: transformer blocks, tokenizers (AE, KL-VAE, VA-VAE, MAETok), targets, SiT, external adapters."""

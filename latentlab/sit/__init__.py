@@ -1,0 +1,1 @@
+"""The SiT generator, grouped as willisma/SiT groups it: model, transport, training, sampling."""

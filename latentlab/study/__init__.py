@@ -1,0 +1,1 @@
+"""A whole study from one YAML: config, stage cache, stages, runner, report."""
