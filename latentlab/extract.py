@@ -37,6 +37,8 @@ from latentlab.data import get_dataset
 from latentlab.errors import LatentlabError
 from latentlab.io import file_hash, load_json, workspace_root
 from latentlab.latents import LatentStore, is_store, open_split
+from latentlab.tokenizers.external import load_autoencoder_kl
+from latentlab.tokenizers.training import load_tokenizer
 from latentlab.utils import get_device, is_main, progress, rank, world_size
 
 
@@ -44,12 +46,8 @@ def open_tokenizer(spec: str | Path, weights: str = "ema", device: str | torch.d
     """A tokenizer and its description (name, checkpoint_hash, layout, image_size, channels, dataset, ...)."""
     spec = str(spec)
     if spec.startswith("diffusers:"):
-        from latentlab.tokenizers.external import load_autoencoder_kl
-
         model, info = load_autoencoder_kl(spec.partition(":")[2])
         return model.to(device).eval(), info
-    from latentlab.tokenizers.training import load_tokenizer
-
     run = Path(os.path.expanduser(spec))
     model, cfg = load_tokenizer(run, weights, device)
     m = cfg["model"]

@@ -61,8 +61,8 @@ from torch import nn
 
 from latentlab.config import to_dict
 from latentlab.errors import LatentlabError
-from latentlab.io import (load_json, load_torch_state, load_weights_into, save_json,
-                          save_safetensors, save_torch_state)
+from latentlab.io import (load_json, load_torch_state, load_weights_into, save_json, save_safetensors, save_torch_state,
+                          to_json)
 from latentlab.utils import dist_ready, get_device, is_main, progress, rank, world_size
 
 SCHEDULES = ("cosine", "constant")
@@ -216,8 +216,6 @@ def save_checkpoint(out: Path, model: nn.Module, ema: nn.Module, opt: torch.opti
 
 
 def _append_metrics(path: Path, rec: dict) -> None:
-    from latentlab.io import to_json
-
     with open(path, "a") as f:
         f.write(to_json(rec, indent=None) + "\n")
 

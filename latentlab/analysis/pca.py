@@ -19,7 +19,9 @@ import numpy as np
 import torch
 
 from latentlab.errors import LatentlabError
+from latentlab.latents import LatentStore
 from latentlab.utils import all_reduce_, get_device, rank, world_size
+
 
 def _part(n: int, r: int, w: int) -> tuple[int, int]:
     per = -(-n // w)
@@ -34,8 +36,6 @@ def iter_rows(data, batch_size: int = 8192, indices: np.ndarray | None = None,
     `split_ranks`, each rank gets a contiguous 1/world_size part (an iterable is taken as
     this rank's own part).
     """
-    from latentlab.latents import LatentStore
-
     r, w = (rank(), world_size()) if split_ranks else (0, 1)
     if isinstance(data, LatentStore):
         for x, _ in data.batches(batch_size, flatten=True, dtype=np.float64, indices=indices, rank=r, world_size=w):
@@ -65,8 +65,6 @@ def iter_rows(data, batch_size: int = 8192, indices: np.ndarray | None = None,
 
 def _n_features(data) -> int:
     """Features per row of an array/tensor/store with no rows on this rank."""
-    from latentlab.latents import LatentStore
-
     if isinstance(data, LatentStore):
         return data.dim
     if isinstance(data, (np.ndarray, torch.Tensor)):

@@ -15,11 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from latentlab.analysis.pca import PCA
 from latentlab.analysis.stream import POOLS, Features, check_labels
 from latentlab.errors import LatentlabError
-from latentlab.io import save_csv
-from latentlab.utils import progress, warn
 from latentlab.extract import TokenizerLatents
+from latentlab.io import save_csv
+from latentlab.plots.umap import plot_umap
+from latentlab.utils import progress, warn
 
 CSV_COLUMNS = ["tokenizer", "index", "label", "x", "y"]
 
@@ -58,8 +60,6 @@ def _embed_one(tok: TokenizerLatents, cfg: UmapConfig):
     import pandas as pd
     import umap
 
-    from latentlab.analysis.pca import PCA
-
     labels = check_labels(tok.train, f"tokenizer {tok.name!r} ({tok.train.path})")
     if len(labels) < cfg.n:
         warn(f"tokenizer {tok.name!r} has {len(labels)} samples, fewer than --n {cfg.n}; using all of them")
@@ -82,8 +82,6 @@ def _embed_one(tok: TokenizerLatents, cfg: UmapConfig):
 def run_umap(tokenizers: list[TokenizerLatents], out: str | os.PathLike, cfg: UmapConfig | None = None) -> dict:
     """Embed every tokenizer; write OUT/umap.csv and OUT/umap.png; return the summary."""
     import pandas as pd
-
-    from latentlab.plots.embed import plot_umap
 
     cfg = cfg or UmapConfig()
     if cfg.pool not in POOLS:

@@ -18,12 +18,19 @@ from typing import Iterable
 import numpy as np
 import torch
 
-from latentlab.data import SPLITS
+from latentlab.data import SPLITS, get_dataset, to_tensor, to_uint8
 from latentlab.errors import LatentlabError
+from latentlab.extract import open_tokenizer
+from latentlab.io import save_csv, save_json
 from latentlab.metrics.extractors import FeatureExtractor, get_extractor
-from latentlab.metrics.fid import GaussianStats, fd_between, inception_score
+from latentlab.metrics.fid import FeatureStats, GaussianStats, fd_between, inception_score
 from latentlab.metrics.images import ImageSet, open_images
+from latentlab.metrics.recon import recon_metrics, ssim_sigma
 from latentlab.metrics.stats import FeatureSummary, compute_features, real_statistics
+from latentlab.plots.recon import plot_recon_grid, plot_samples
+from latentlab.sit.sample import SampleConfig, balanced_labels, decode_latents, decoder_for, load_sit, sample_latents
+from latentlab.tokenizers.training import reconstruct
+from latentlab.utils import get_device, progress
 
 EMBEDDED_DATASETS = ("mnist5k", "digits", "shapes")
 
@@ -121,9 +128,6 @@ def fid(real: str, fake: str | ImageSet, cfg: MetricsConfig | None = None, out: 
 def _write_fid_outputs(summary: dict, imgs: ImageSet, out: Path) -> None:
     import pandas as pd
 
-    from latentlab.io import save_csv, save_json
-    from latentlab.plots.recon import plot_samples
-
     row = {"real": summary["real"].get("dataset", summary["real"].get("source")), "fake": imgs.source,
            "n_real": summary["real"]["n"], "n_fake": summary["n_fake"], "extractor": summary["extractor"]["name"],
            **{k: v for k, v in summary.items() if isinstance(v, float)}}
@@ -153,13 +157,6 @@ def eval_tokenizer(run: str | Path, cfg: MetricsConfig | None = None, out: str |
     Writes OUT/recon.csv (one row), OUT/recon_images.csv (per image) and OUT/recon_grid.png
     (originals above reconstructions); OUT defaults to RUN/eval.
     """
-    from latentlab.data import get_dataset, to_uint8
-    from latentlab.extract import open_tokenizer
-    from latentlab.metrics.fid import FeatureStats
-    from latentlab.metrics.recon import recon_metrics, ssim_sigma
-    from latentlab.tokenizers.training import reconstruct
-    from latentlab.utils import get_device, progress
-
     cfg = cfg or MetricsConfig()
     device = get_device(cfg.device)
     model, info = open_tokenizer(run, cfg.weights, device)
@@ -196,9 +193,6 @@ def _write_recon_outputs(summary: dict, psnr: np.ndarray, ssim: np.ndarray, labe
                          shown: tuple[np.ndarray, np.ndarray], out: Path) -> None:
     import pandas as pd
 
-    from latentlab.io import save_csv, save_json
-    from latentlab.plots.recon import plot_recon_grid
-
     ext = summary["extractor"]
     row = {k: summary[k] for k in ("tokenizer", "dataset", "split", "n", "psnr", "psnr_std", "ssim", "ssim_std", "ssim_sigma",
                                    summary["metric"])}
@@ -224,9 +218,6 @@ def default_n_samples(dataset: str) -> int:
 def _sit_batches(model, rc: dict, decoder, labels: np.ndarray, cfg: MetricsConfig, device, keep: list
                  ) -> Iterable[torch.Tensor]:
     """Sample and decode chunk by chunk; chunk c uses seed + 1,000,003 c (chunk 0 = `latentlab sample --seed`)."""
-    from latentlab.data import to_tensor
-    from latentlab.sit.sample import SampleConfig, decode_latents, sample_latents
-
     for c, start in enumerate(range(0, len(labels), cfg.chunk)):
         lab = labels[start:start + cfg.chunk]
         scfg = SampleConfig(n=len(lab), cfg=cfg.cfg, steps=cfg.steps, sampler=cfg.sampler,
@@ -244,9 +235,6 @@ def eval_sit(run: str | Path, cfg: MetricsConfig | None = None, out: str | Path 
 
     Writes OUT/gfid.csv, OUT/gfid.json and OUT/samples.png; OUT defaults to RUN/eval.
     """
-    from latentlab.sit.sample import balanced_labels, decoder_for, load_sit
-    from latentlab.utils import get_device
-
     cfg = cfg or MetricsConfig()
     device = get_device(cfg.device)
     model, rc = load_sit(run, cfg.weights, device)
@@ -273,9 +261,6 @@ def eval_sit(run: str | Path, cfg: MetricsConfig | None = None, out: str | Path 
 
 def _write_gfid_outputs(summary: dict, samples: np.ndarray, out: Path) -> None:
     import pandas as pd
-
-    from latentlab.io import save_csv, save_json
-    from latentlab.plots.recon import plot_samples
 
     ext = summary["extractor"]
     row = {"run": summary["run"], "dataset": summary["dataset"], "n": summary["n"], **summary["sampling"],

@@ -26,6 +26,7 @@ from latentlab.errors import LatentlabError
 from latentlab.io import file_hash, workspace_root
 from latentlab.metrics.images import fit_images
 from latentlab.metrics.lenet import load_or_train_lenet
+from latentlab.utils import get_device
 
 FIDELITY_HINT = ("pip install 'latentlab[fid]' (torch-fidelity, which also needs a working torchvision "
                  "matching your torch)")
@@ -223,8 +224,6 @@ def get_extractor(spec: str, dataset: str = "mnist5k", image_size: int | None = 
 
     `dataset` and `image_size` choose the data a `lenet` is trained on; the others ignore them.
     """
-    from latentlab.utils import get_device
-
     name, _, arg = (spec or "").partition(":")
     if name not in EXTRACTORS:
         raise LatentlabError(f"unknown extractor {spec!r}; use one of inception, inception:WEIGHTS, "

@@ -16,11 +16,13 @@ from typing import Iterable
 import numpy as np
 import torch
 
+from latentlab.data import get_dataset
 from latentlab.errors import LatentlabError
-from latentlab.io import atomic_path, obj_hash
+from latentlab.io import atomic_path, obj_hash, workspace_root
 from latentlab.metrics.extractors import FeatureExtractor
 from latentlab.metrics.fid import FeatureStats, GaussianStats
 from latentlab.metrics.images import limit_indices
+from latentlab.metrics.lenet import _slug
 from latentlab.utils import progress
 
 CACHE_VERSION = 1
@@ -59,9 +61,6 @@ def _dataset_batches(ds, batch_size: int, limit: int | None) -> Iterable[torch.T
 def stats_cache_path(dataset: str, split: str, image_size: int, extractor: FeatureExtractor,
                      limit: int | None = None) -> Path:
     """The cache file of real statistics for this (dataset, split, size, extractor, limit)."""
-    from latentlab.metrics.lenet import _slug
-    from latentlab.io import workspace_root
-
     key = obj_hash({"v": CACHE_VERSION, "extractor": extractor.identity(), "limit": limit})
     return workspace_root() / "fid_stats" / f"{_slug(dataset)}-{split}-{image_size}px-{key}.npz"
 
@@ -81,8 +80,6 @@ def _load_cached(path: Path, identity: dict) -> GaussianStats | None:
 def real_statistics(dataset: str, split: str, extractor: FeatureExtractor, image_size: int | None = None,
                     batch_size: int = 250, limit: int | None = None) -> tuple[GaussianStats, bool]:
     """Statistics of a dataset split's features, from the cache when valid; returns (stats, was_cached)."""
-    from latentlab.data import get_dataset
-
     ds = get_dataset(dataset, split, image_size=image_size)
     path = stats_cache_path(dataset, split, ds.image_size, extractor, limit)
     identity = {"extractor": extractor.identity(), "dataset": dataset, "split": split,

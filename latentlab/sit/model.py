@@ -22,6 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from latentlab.config import from_dict
 from latentlab.errors import LatentlabError
 from latentlab.tokenizers.blocks import Attention, Mlp, PatchEmbed, unpatchify
 
@@ -270,7 +271,6 @@ def sit_config(name: str, sample_shape: tuple[int, ...], layout: str, num_classe
     """The SiTConfig of preset `name` for latents of `sample_shape`/`layout`, with overrides."""
     if name not in SIT_MODELS:
         raise LatentlabError(f"unknown SiT model {name!r}; choose one of {', '.join(SIT_MODELS)}")
-    from latentlab.config import from_dict
 
     cfg = from_dict(SiTConfig, {**SIT_MODELS[name], "sample_shape": tuple(sample_shape), "layout": layout,
                                 "num_classes": int(num_classes), **(overrides or {})}, "SiT model_overrides")

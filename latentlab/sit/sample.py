@@ -19,11 +19,13 @@ import numpy as np
 import torch
 
 from latentlab.config import from_dict
+from latentlab.data import to_uint8
 from latentlab.errors import LatentlabError
-from latentlab.io import atomic_dir, load_json, save_json, save_npy
+from latentlab.extract import open_tokenizer
+from latentlab.io import atomic_dir, load_json, load_run_weights, save_json, save_npy
+from latentlab.plots.sit import image_grid, save_png
 from latentlab.sit.model import SiT, SiTConfig
 from latentlab.sit.training import denormalize
-from latentlab.io import load_run_weights
 from latentlab.sit.transport import Sampler, guided_velocity, integrate, parse_enum
 from latentlab.utils import derive_seed, get_device, info, progress
 
@@ -130,8 +132,6 @@ def decoder_for(prov: dict, device: torch.device):
     """(decoder with .decode, its label) for a SiT run's `latents` provenance, or (None, why decoding is skipped)."""
     spec = prov.get("tokenizer_spec")
     if spec:
-        from latentlab.extract import open_tokenizer
-
         if not spec.startswith("diffusers:") and not Path(spec).exists():
             raise LatentlabError(f"the tokenizer run {spec} recorded in the SiT config is gone; "
                                  "restore it or pass --no-decode")
@@ -151,8 +151,6 @@ def decoder_for(prov: dict, device: torch.device):
 @torch.no_grad()
 def decode_latents(tokenizer, latents: np.ndarray, batch_size: int, device: torch.device) -> np.ndarray:
     """uint8 (N, H, W, C) images from raw latents through `tokenizer.decode` (output in [-1, 1])."""
-    from latentlab.data import to_uint8
-
     tokenizer = tokenizer.to(device).eval()
     out = []
     for i in progress(range(0, len(latents), batch_size), desc="decode", total=-(-len(latents) // batch_size)):
@@ -163,8 +161,6 @@ def decode_latents(tokenizer, latents: np.ndarray, batch_size: int, device: torc
 
 def sample(run: str | Path, out: str | Path, cfg: SampleConfig | None = None) -> dict:
     """Sample `cfg.n` latents from a SiT run into directory `out` (replaced atomically); returns a summary."""
-    from latentlab.plots.sit import image_grid, save_png
-
     cfg = cfg or SampleConfig()
     device = get_device(cfg.device)
     model, rc = load_sit(run, cfg.weights, device)

@@ -22,7 +22,6 @@ true labels (no dropout, no guidance), as the per-sample mean over all latent di
 
 from __future__ import annotations
 
-
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -31,12 +30,14 @@ import torch
 
 from latentlab.config import from_dict, merge
 from latentlab.errors import LatentlabError
-from latentlab.io import load_json, obj_hash
+from latentlab.extract import TokenizerLatents, resolve_tokenizer
+from latentlab.io import load_json, obj_hash, save_csv
 from latentlab.latents import LatentStore
+from latentlab.plots.sit import plot_heldout
 from latentlab.sit.model import SiT, sit_config, token_patch_for
+from latentlab.sit.transport import (TimeSampling, drop_labels, flow_loss, interpolate, parse_enum, per_sample_mse,
+                                     sample_t, target_velocity)
 from latentlab.trainer import TrainConfig, TrainTask, index_batch, train, unwrap
-from latentlab.sit.transport import TimeSampling, drop_labels, flow_loss, parse_enum, per_sample_mse, sample_t
-from latentlab.sit.transport import interpolate, target_velocity
 from latentlab.utils import derive_seed
 
 NORMALIZATIONS = ("channel", "global", "none")
@@ -283,8 +284,6 @@ def _check_resume_shape(out: Path, train: LatentStore) -> None:
 
 def build_sit_task(tokenizer, cfg: SiTTrainConfig, dataset: str | None = None) -> tuple[SiTTask, TrainConfig]:
     """Resolve the latents and build the model, normalisation, held-out set and task."""
-    from latentlab.extract import TokenizerLatents, resolve_tokenizer
-
     tl = tokenizer if isinstance(tokenizer, TokenizerLatents) else resolve_tokenizer(str(tokenizer), dataset)
     train_store, test_store = tl.train, tl.test
     tcfg = cfg.train_config()
@@ -309,8 +308,6 @@ def build_sit_task(tokenizer, cfg: SiTTrainConfig, dataset: str | None = None) -
 def train_sit(tokenizer, out: str | Path, cfg: SiTTrainConfig | None = None, resume: bool = False,
               dataset: str | None = None) -> dict:
     """Train SiT on a tokenizer's latents into run directory `out`; returns a summary with the held-out loss."""
-    from latentlab.plots.sit import plot_heldout
-
     cfg = cfg or SiTTrainConfig()
     out = Path(out)
     task, tcfg = build_sit_task(tokenizer, cfg, dataset)
@@ -320,8 +317,6 @@ def train_sit(tokenizer, out: str | Path, cfg: SiTTrainConfig | None = None, res
     table = heldout_table(out)
     files = {}
     if table is not None:
-        from latentlab.io import save_csv
-
         files["csv"] = str(save_csv(table, out / "heldout_loss.csv"))
         files["png"] = str(plot_heldout({task.provenance["name"]: table}, out / "heldout_loss"))
     final = summary.get("eval", {})

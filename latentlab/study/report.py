@@ -15,12 +15,13 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from latentlab.analysis.relate import correlations, metric_columns
 from latentlab.errors import LatentlabError
 from latentlab.io import atomic_path, save_csv, save_json
+from latentlab.plots.sit import plot_heldout
+from latentlab.plots.study import plot_image_panels, plot_metrics_vs_target
 from latentlab.study.cache import StageResult
 from latentlab.utils import warn
 
@@ -131,9 +132,6 @@ def _sit_curve(stage: StageResult) -> pd.DataFrame | None:
 def build_outputs(ctx, done: dict[str, dict[str, StageResult]], gmm: StageResult, umap: StageResult,
                   work: Path) -> dict:
     """Write summary.csv, correlations.csv, tables/, figures/ (and report.html) into `work`."""
-    from latentlab.plots.sit import plot_heldout
-    from latentlab.plots.study import plot_image_panels, plot_metrics_vs_target
-
     components = list(ctx.sections["gmm"].components)
     rmetric, gmetric = fd_column_names(ctx.sections["metrics"])
     tables, figures = work / "tables", work / "figures"

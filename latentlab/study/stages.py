@@ -15,13 +15,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
-import pandas as pd
-
-from latentlab.errors import LatentlabError
-from latentlab.io import file_hash, obj_hash, save_csv
+from latentlab.analysis.gmm.curves import fit_gmm_curves
+from latentlab.analysis.probe import run_probe
+from latentlab.analysis.umap import run_umap
+from latentlab.extract import TokenizerLatents, extract, import_pixels
+from latentlab.io import atomic_dir, atomic_path, file_hash
+from latentlab.latents import LatentStore, open_split
+from latentlab.metrics.evaluate import eval_tokenizer, fid
+from latentlab.sit.sample import sample
+from latentlab.sit.training import train_sit
 from latentlab.study.cache import StageLog, StageResult
-from latentlab.extract import TokenizerLatents
+from latentlab.study.report import build_outputs, fd_column_names
+from latentlab.tokenizers.training import TokenizerRunConfig, train_tokenizer
 
 Step = Callable[[str, str, object, Callable[[Path, bool], dict]], StageResult]
 OWNER = "_study"
@@ -43,8 +48,6 @@ class StudyContext:
 # ---------------------------------------------------------------- per-tokenizer stages
 
 def _train_tokenizer(ctx: StudyContext, entry, work: Path, resume: bool) -> dict:
-    from latentlab.tokenizers.training import TokenizerRunConfig, train_tokenizer
-
     train = {"seed": ctx.cfg.seed, "device": ctx.cfg.device, **entry.train}
     run_cfg = TokenizerRunConfig(arch=entry.arch, size=entry.size, dataset=ctx.cfg.dataset, model=dict(entry.model),
                                  train=train)
@@ -63,14 +66,6 @@ def _train_tokenizer(ctx: StudyContext, entry, work: Path, resume: bool) -> dict
 
 def tokenizer_stages(ctx: StudyContext, name: str, entry, step: Step) -> dict[str, StageResult]:
     """tokenizer -> eval -> extract -> probe -> sit -> sample -> gfid for one tokenizer."""
-    from latentlab.analysis.probe import run_probe
-    from latentlab.extract import extract
-    from latentlab.extract import import_pixels
-    from latentlab.latents import LatentStore, open_split
-    from latentlab.metrics.evaluate import eval_tokenizer, fid
-    from latentlab.sit.sample import sample
-    from latentlab.sit.training import train_sit
-
     cfg, arch = ctx.cfg, entry.arch
     base = {"entry": dataclasses.asdict(entry), "dataset": cfg.dataset, "seed": cfg.seed, "version": 1}
     if arch == "store":
@@ -95,8 +90,6 @@ def tokenizer_stages(ctx: StudyContext, name: str, entry, step: Step) -> dict[st
 
     def eval_fn(work: Path, resume: bool) -> dict:
         if arch == "pixels":  # the identity: exact reconstruction (PSNR is infinite, kept as the string "inf")
-            from latentlab.study.report import fd_column_names
-
             rname = fd_column_names(ctx.sections["metrics"])[0]
             return {"row": {"psnr": "inf", "ssim": 1.0, rname: 0.0}, "note": "identity (raw pixels)"}
         if spec is None:
@@ -162,8 +155,6 @@ def tokenizer_stages(ctx: StudyContext, name: str, entry, step: Step) -> dict[st
 
 def latents_of(name: str, extract_stage: StageResult) -> TokenizerLatents:
     """The train/test stores an extract stage wrote, labelled with the tokenizer's study name."""
-    from latentlab.latents import open_split
-
     path = extract_stage.file(extract_stage.result["latents"])
     return TokenizerLatents(name=name, train=open_split(path, "train"), test=open_split(path, "test", required=False),
                             source=str(path))
@@ -177,8 +168,6 @@ def _all(done: dict, stage: str) -> dict:
 
 def gmm_stage(ctx: StudyContext, done: dict, step: Step) -> StageResult:
     """NLL against components for every tokenizer, in one common PCA dimension."""
-    from latentlab.analysis.gmm.curves import fit_gmm_curves
-
     def fn(work: Path, resume: bool) -> dict:
         toks = [latents_of(n, r["extract"]) for n, r in done.items()]
         res = fit_gmm_curves(toks, ctx.sections["gmm"], out=work)
@@ -190,8 +179,6 @@ def gmm_stage(ctx: StudyContext, done: dict, step: Step) -> StageResult:
 
 def umap_stage(ctx: StudyContext, done: dict, step: Step) -> StageResult:
     """One UMAP panel per tokenizer."""
-    from latentlab.analysis.umap import run_umap
-
     def fn(work: Path, resume: bool) -> dict:
         run_umap([latents_of(n, r["extract"]) for n, r in done.items()], work, ctx.sections["umap"])
         return {"csv": "umap.csv", "figure": "umap.png"}
@@ -201,8 +188,6 @@ def umap_stage(ctx: StudyContext, done: dict, step: Step) -> StageResult:
 
 def relate_stage(ctx: StudyContext, done: dict, gmm: StageResult, umap: StageResult, step: Step) -> StageResult:
     """summary.csv, correlations.csv, tables/, figures/ and report.html."""
-    from latentlab.study.report import build_outputs
-
     key = {"up": {n: {s: r.hash for s, r in res.items()} for n, res in done.items()},
            "gmm": gmm.hash, "umap": umap.hash, "report": bool(ctx.cfg.report), "version": 1}
     return step(OWNER, "relate", key, lambda work, resume: build_outputs(ctx, done, gmm, umap, work))
@@ -213,8 +198,6 @@ PUBLISHED = ("summary.csv", "correlations.csv", "report.html", "tables", "figure
 
 def publish(relate: StageResult, out: Path) -> None:
     """Copy the relate stage's outputs to the top of the study directory (each replaced atomically)."""
-    from latentlab.io import atomic_dir, atomic_path
-
     for name in PUBLISHED:
         src = relate.path / name
         if src.is_dir():

@@ -18,7 +18,8 @@ import torch.nn as nn
 from latentlab.config import from_dict, to_dict
 from latentlab.data import ImageDataset, get_dataset, to_uint8
 from latentlab.errors import LatentlabError
-from latentlab.io import file_hash, load_json, load_run_weights
+from latentlab.io import atomic_path, file_hash, load_json, load_run_weights
+from latentlab.metrics.recon import psnr, to_unit
 from latentlab.tokenizers.models import AETokenizer, TokenizerConfig, build_tokenizer
 from latentlab.trainer import TrainConfig, TrainTask, index_batch, train
 
@@ -51,8 +52,6 @@ def save_grid(rows: list[torch.Tensor], path: Path, min_side: int = 64) -> None:
     """Save rows of images (each (n, C, H, W) in [-1, 1]) as one PNG grid, upscaled to >= min_side px."""
     from PIL import Image
 
-    from latentlab.io import atomic_path
-
     arr = np.concatenate([np.concatenate(list(to_uint8(r)), axis=1) for r in rows], axis=0)  # (rows*H, n*W, C)
     img = Image.fromarray(arr.squeeze(-1) if arr.shape[-1] == 1 else arr)
     scale = max(1, math.ceil(min_side / rows[0].shape[-1]))
@@ -80,8 +79,6 @@ class TokenizerTask(TrainTask):
         return model(batch, generator=generator, step=step)
 
     def evaluate(self, ema_model, step):
-        from latentlab.metrics.recon import psnr, to_unit
-
         rec = reconstruct(ema_model, self.eval_x)
         return {"psnr": float(psnr(to_unit(rec), to_unit(self.eval_x)).mean()), "mse": float((rec - self.eval_x).pow(2).mean())}
 

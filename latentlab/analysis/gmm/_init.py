@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from latentlab.errors import LatentlabError
+from latentlab.latents import LatentStore
 from latentlab.utils import all_reduce_, rank, world_size
 
 SHIFT_ROWS = 4096          # rows whose float64 mean becomes the working origin
@@ -26,8 +27,6 @@ class Source:
     """Full data set `(n, dim)` from a numpy array, a torch tensor or a LatentStore (optionally `indices`)."""
 
     def __init__(self, data, device: torch.device, indices: np.ndarray | None = None):
-        from latentlab.latents import LatentStore
-
         self.device = device
         self.store = data if isinstance(data, LatentStore) else None
         if self.store is not None:
