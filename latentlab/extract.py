@@ -29,6 +29,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ import torch
 from latentlab.data import get_dataset
 from latentlab.errors import LatentlabError
 from latentlab.io import file_hash, load_json, workspace_root
-from latentlab.latents import LatentStore, is_store, open_split
+from latentlab.latents import LatentStore, count_nonfinite_rows, is_store, open_split
 from latentlab.tokenizers.external import load_autoencoder_kl
 from latentlab.tokenizers.training import load_tokenizer
 from latentlab.utils import get_device, is_main, progress, rank, world_size
@@ -180,22 +181,45 @@ def cached_pretrained(spec: str, dataset: str | None, split: str = "train") -> L
 
 # ---------------------------------------------------------------- importing
 
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
 def _load_npy(path: str | os.PathLike, what: str) -> np.ndarray:
+    """A memory-mapped numeric .npy array; anything else (a .npz, a pickle, text, objects) is a one-line error."""
     path = Path(path)
     if not path.is_file():
         raise LatentlabError(f"{what} file not found: {path}")
+    with open(path, "rb") as f:
+        head = f.read(6)
+    if head.startswith(_ZIP_MAGIC) or path.suffix.lower() == ".npz":
+        raise LatentlabError(f"{what} file {path} is a .npz archive; give one array as a .npy "
+                             f"(np.save('{what}.npy', np.load('{path.name}')[KEY]))")
+    if head != _NPY_MAGIC:
+        raise LatentlabError(f"{what} file {path} is not a .npy array (no NumPy header); save the array with numpy.save")
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (ValueError, OSError, EOFError) as e:
-        raise LatentlabError(f"{what} file {path} is not a readable .npy array ({e}); re-save it with numpy.save") from None
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        if "pickle" in str(e) or "bject" in str(e):
+            raise LatentlabError(f"{what} file {path} holds Python objects, not numbers; "
+                                 f"save a numeric array with numpy.save") from None
+        raise LatentlabError(f"{what} file {path} is a corrupt .npy array ({e}); re-save it with numpy.save") from None
+    except (OSError, EOFError) as e:
+        raise LatentlabError(f"{what} file {path} is a corrupt .npy array ({e}); re-save it with numpy.save") from None
+    if arr.size == 0:
+        raise LatentlabError(f"{what} in {path} are empty (shape {arr.shape}); give at least one row")
+    if np.iscomplexobj(arr):
+        raise LatentlabError(f"{what} in {path} are complex ({arr.dtype}); store real values, e.g. the real and "
+                             f"imaginary parts as separate channels")
+    return arr
 
 
 def import_arrays(latents: str | os.PathLike, labels: str | os.PathLike | None, out: str | os.PathLike,
                   name: str | None = None, split: str | None = None, dataset: str | None = None) -> LatentStore:
-    """Store latents extracted elsewhere: X.npy of shape (N, T, C) or (N, D), optional y.npy (N,)."""
+    """Store latents extracted elsewhere: X.npy of shape (N, T, C), (N, D) or (N, C, H, W), optional y.npy (N,)."""
     x = _load_npy(latents, "latents")
     if x.ndim not in (2, 3, 4):
-        raise LatentlabError(f"latents must be (N, T, C) or (N, D); {latents} has shape {x.shape}")
+        raise LatentlabError(f"latents must be (N, T, C), (N, D) or (N, C, H, W); {latents} has shape {x.shape}")
     if not np.issubdtype(x.dtype, np.number):
         raise LatentlabError(f"latents in {latents} have dtype {x.dtype}; save them as floats")
     y = None
@@ -205,10 +229,11 @@ def import_arrays(latents: str | os.PathLike, labels: str | os.PathLike | None, 
             raise LatentlabError(f"labels must be a 1-D integer array; {labels} is {y.dtype} {y.shape}")
         if len(y) != len(x):
             raise LatentlabError(f"{len(x)} latents but {len(y)} labels; they must have the same length")
-    flat = x.reshape(len(x), -1)
-    bad = 0
-    for i in range(0, len(flat), 65536):
-        bad += int((~np.isfinite(flat[i:i + 65536])).any(1).sum())
+        neg = int((y < 0).sum())
+        if neg:
+            raise LatentlabError(f"{neg} of {len(y)} labels in {labels} are negative; class labels are 0, 1, 2, ... "
+                                 f"(drop --labels for unlabelled latents)")
+    bad = count_nonfinite_rows(x)
     if bad:
         raise LatentlabError(f"{bad} of {len(x)} latent rows contain NaN or inf; clean or drop them before importing")
     dtype = x.dtype.name if x.dtype in (np.float16, np.float32, np.float64) else "float32"
@@ -249,6 +274,20 @@ class TokenizerLatents:
     train: LatentStore
     test: LatentStore | None
     source: str
+
+    def check_finite(self) -> None:
+        """Refuse latents holding NaN or inf, naming the tokenizer, the store and how many rows are bad."""
+        for store in (self.train, self.test):
+            bad = store.count_nonfinite() if store is not None else 0
+            if bad:
+                raise LatentlabError(f"tokenizer {self.name!r}: {bad} of {len(store)} latent rows in {store.path} "
+                                     f"contain NaN or inf; clean or drop them and re-import the store")
+
+
+def check_finite(tokenizers: Sequence[TokenizerLatents]) -> None:
+    """`TokenizerLatents.check_finite` for each tokenizer, before any work starts."""
+    for t in tokenizers:
+        t.check_finite()
 
 
 def _is_run(path: Path) -> bool:

@@ -201,7 +201,13 @@ def load_run_weights(run: str | Path, module: torch.nn.Module, which: str = "ema
     """Load `model` or `ema` weights of a run into `module` (one-line error on mismatch or corruption)."""
     if which not in ("ema", "model"):
         raise LatentlabError(f"weights must be 'ema' or 'model', got {which!r}")
-    load_weights_into(module, Path(run) / f"{which}.safetensors")
+    path = Path(run) / f"{which}.safetensors"
+    load_weights_into(module, path)
+    bad = {k: int((~v.isfinite()).sum()) for k, v in module.state_dict().items() if v.is_floating_point()}
+    bad = {k: v for k, v in bad.items() if v}
+    if bad:
+        raise LatentlabError(f"checkpoint {path} holds {sum(bad.values())} NaN or inf weights in {len(bad)} tensors "
+                             f"(e.g. {next(iter(bad))}): the run diverged; retrain it (e.g. with a lower --lr)")
     return module
 
 

@@ -109,9 +109,9 @@ class LatentStoreWriter:
         labels = np.asarray(labels).astype(np.int64).reshape(-1)
         if labels.shape[0] != n:
             raise LatentlabError(f"{n} latents but {labels.shape[0]} labels; they must have the same length")
-        bad = ~np.isfinite(latents.reshape(n, -1)).all(1) if n else np.zeros(0, bool)
-        if bad.any():
-            raise LatentlabError(f"{int(bad.sum())} of {n} latent rows contain NaN or inf; clean them before storing")
+        bad = count_nonfinite_rows(latents)
+        if bad:
+            raise LatentlabError(f"{bad} of {n} latent rows contain NaN or inf; clean them before storing")
         self._moments.update(_channels_last(latents, self.layout))
         self._labels.append(labels)
         self._buf.append(latents.astype(self.dtype, copy=False))
@@ -192,6 +192,7 @@ class LatentStore:
         self._shards = [np.load(path / s["file"], mmap_mode="r") for s in manifest["shards"]]
         self._offsets = np.cumsum([0] + [s["count"] for s in manifest["shards"]])
         self._labels = np.load(path / "labels.npy", mmap_mode="r")
+        self._nonfinite: int | None = None
 
     # ------------------------------------------------------------ construction
     @classmethod
@@ -348,11 +349,17 @@ class LatentStore:
         return self.get(0, len(self), flatten, dtype), self.labels
 
     def count_nonfinite(self, batch_size: int = 65536) -> int:
-        """Number of rows holding NaN or inf (streamed)."""
-        bad = 0
-        for x, _ in self.batches(batch_size, flatten=True, dtype=None):
-            bad += int((~np.isfinite(x)).any(1).sum())
-        return bad
+        """Number of rows holding NaN or inf (streamed once; the count is kept for this open store)."""
+        if self._nonfinite is None:
+            self._nonfinite = sum(count_nonfinite_rows(x) for x, _ in self.batches(batch_size, flatten=True, dtype=None))
+        return self._nonfinite
+
+
+def count_nonfinite_rows(x: np.ndarray, chunk: int = 65536) -> int:
+    """Rows of `x` (n, ...) holding NaN or inf, counted in chunks so a memory map is never copied whole."""
+    n = len(x)
+    return int(sum((~np.isfinite(np.asarray(x[i:i + chunk]).reshape(min(chunk, n - i), -1))).any(1).sum()
+                   for i in range(0, n, chunk)))
 
 
 def _part(n: int, rank: int, world_size: int) -> tuple[int, int]:

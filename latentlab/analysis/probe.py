@@ -32,7 +32,7 @@ from latentlab.analysis.stream import DEFAULT_MAX_BYTES, POOLS, Features, check_
 from latentlab.analysis.structure import cluster_scores, fisher_ratio, knn_accuracy, rankme
 from latentlab.data import stratified_split
 from latentlab.errors import LatentlabError
-from latentlab.extract import TokenizerLatents
+from latentlab.extract import TokenizerLatents, check_finite
 from latentlab.io import save_csv
 from latentlab.plots.probe import plot_probe
 from latentlab.utils import get_device, info, progress
@@ -302,6 +302,7 @@ def run_probe(tokenizers: list[TokenizerLatents], out: str | os.PathLike,
         check_labels(tok.train, f"tokenizer {tok.name!r} ({tok.train.path})")
         if tok.test is not None:
             check_labels(tok.test, f"tokenizer {tok.name!r} test store ({tok.test.path})")
+    check_finite(tokenizers)
     rows = []
     for tok in progress(tokenizers, desc="tokenizers", total=len(tokenizers), leave=True):
         rows.append(discriminability_row(tok, cfg, gmm_nll))

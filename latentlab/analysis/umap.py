@@ -18,7 +18,7 @@ import numpy as np
 from latentlab.analysis.pca import PCA
 from latentlab.analysis.stream import POOLS, Features, check_labels
 from latentlab.errors import LatentlabError
-from latentlab.extract import TokenizerLatents
+from latentlab.extract import TokenizerLatents, check_finite
 from latentlab.io import save_csv
 from latentlab.plots.umap import plot_umap
 from latentlab.utils import progress, warn
@@ -88,6 +88,9 @@ def run_umap(tokenizers: list[TokenizerLatents], out: str | os.PathLike, cfg: Um
         raise LatentlabError(f"unknown pool {cfg.pool!r}; use one of {', '.join(POOLS)}")
     if cfg.n < 4 or cfg.pca_dim < 0:
         raise LatentlabError(f"need --n >= 4 and --pca-dim >= 0 (got {cfg.n}, {cfg.pca_dim})")
+    for t in tokenizers:  # before any work: labels, then NaN / inf
+        check_labels(t.train, f"tokenizer {t.name!r} ({t.train.path})")
+    check_finite(tokenizers)
     frames = [_embed_one(t, cfg) for t in progress(tokenizers, desc="umap", total=len(tokenizers), leave=True)]
     table = pd.concat(frames, ignore_index=True)
     out = Path(out)

@@ -11,7 +11,7 @@ from latentlab.errors import LatentlabError
 
 @cli.command("import-latents")
 @click.option("--dataset", default=None, help="Store a dataset's raw pixels as the 'pixels' baseline (train/ and test/).")
-@click.option("--latents", "latents_path", type=click.Path(), default=None, help="X.npy of shape (N, T, C) or (N, D).")
+@click.option("--latents", "latents_path", type=click.Path(), default=None, help="X.npy of shape (N, T, C), (N, D) or (N, C, H, W).")
 @click.option("--labels", "labels_path", type=click.Path(), default=None, help="y.npy of int class labels (N,).")
 @click.option("--out", required=True, type=click.Path(), help="Store directory to write (replaced atomically).")
 @click.option("--name", default=None, help="Tokenizer label recorded in the store (default: the directory name).")
@@ -28,6 +28,8 @@ def import_latents_cmd(dataset, latents_path, labels_path, out, name, split, as_
 
     if (dataset is None) == (latents_path is None):
         raise LatentlabError("give exactly one of --dataset or --latents")
+    if dataset is not None and labels_path is not None:
+        raise LatentlabError("--labels goes with --latents; --dataset stores the dataset's own labels")
     if dataset is not None:
         stores = import_pixels(dataset, out, name=name or "pixels")
     else:

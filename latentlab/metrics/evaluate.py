@@ -22,6 +22,7 @@ from latentlab.data import SPLITS, get_dataset, to_tensor, to_uint8
 from latentlab.errors import LatentlabError
 from latentlab.extract import open_tokenizer
 from latentlab.io import save_csv, save_json
+from latentlab.latents import count_nonfinite_rows
 from latentlab.metrics.extractors import FeatureExtractor, get_extractor
 from latentlab.metrics.fid import FeatureStats, GaussianStats, fd_between, inception_score
 from latentlab.metrics.images import ImageSet, open_images
@@ -170,6 +171,10 @@ def eval_tokenizer(run: str | Path, cfg: MetricsConfig | None = None, out: str |
     acc, rows = FeatureStats(), {"psnr": [], "ssim": []}
     for x, _ in progress(ds.batches(cfg.batch_size), desc="reconstruct", total=-(-len(ds) // cfg.batch_size)):
         r = reconstruct(model, x.to(device), cfg.batch_size).cpu()          # (B, C, H, W)
+        bad = count_nonfinite_rows(r.numpy())
+        if bad:
+            raise LatentlabError(f"{bad} of {len(r)} reconstructions by {run} hold NaN or inf; the tokenizer is unusable, "
+                                 f"retrain it")
         for k, v in recon_metrics(x, r).items():
             rows[k].append(v.numpy())
         acc.update(ext.extract(r)[0])

@@ -23,6 +23,7 @@ from latentlab.data import to_uint8
 from latentlab.errors import LatentlabError
 from latentlab.extract import open_tokenizer
 from latentlab.io import atomic_dir, load_json, load_run_weights, save_json, save_npy
+from latentlab.latents import count_nonfinite_rows
 from latentlab.plots.sit import image_grid, save_png
 from latentlab.sit.model import SiT, SiTConfig
 from latentlab.sit.training import denormalize
@@ -63,6 +64,11 @@ def load_sit(run: str | Path, weights: str = "ema", device: str | torch.device =
     rc = load_json(run / "config.json", "SiT run config")
     if rc.get("kind") != "sit":
         raise LatentlabError(f"{run} is not a SiT run (config kind {rc.get('kind')!r}); train one with `latentlab train-sit`")
+    norm = rc.get("normalization") or {}
+    stats = np.concatenate([np.ravel(np.asarray(norm.get(k, 0.0), dtype=np.float64)) for k in ("mean", "std")])
+    if not np.isfinite(stats).all():
+        raise LatentlabError(f"{run}/config.json records {int((~np.isfinite(stats)).sum())} NaN or inf normalisation "
+                             f"statistics: the latents it was trained on were not finite; retrain on clean latents")
     model = SiT(from_dict(SiTConfig, rc["model"], f"{run}/config.json model"))
     load_run_weights(run, model, weights)
     return model.to(get_device(device)).eval(), rc
@@ -113,7 +119,12 @@ def sample_latents(model: SiT, labels: np.ndarray, cfg: SampleConfig, norm: dict
         if norm is not None:
             x1 = denormalize(x1, norm)
         parts.append(x1.float().cpu().numpy())
-    return np.concatenate(parts, 0)
+    out = np.concatenate(parts, 0)
+    bad = count_nonfinite_rows(out)
+    if bad:
+        raise LatentlabError(f"{bad} of {len(out)} sampled latents hold NaN or inf (guidance scale {cfg.cfg}, "
+                             f"{cfg.steps} {cfg.sampler} steps); lower --cfg or raise --steps")
+    return out
 
 
 class PixelTokens(torch.nn.Module):

@@ -30,7 +30,7 @@ import torch
 
 from latentlab.config import from_dict, merge
 from latentlab.errors import LatentlabError
-from latentlab.extract import TokenizerLatents, resolve_tokenizer
+from latentlab.extract import TokenizerLatents, check_finite, resolve_tokenizer
 from latentlab.io import load_json, obj_hash, save_csv
 from latentlab.latents import LatentStore
 from latentlab.plots.sit import plot_heldout
@@ -285,6 +285,7 @@ def _check_resume_shape(out: Path, train: LatentStore) -> None:
 def build_sit_task(tokenizer, cfg: SiTTrainConfig, dataset: str | None = None) -> tuple[SiTTask, TrainConfig]:
     """Resolve the latents and build the model, normalisation, held-out set and task."""
     tl = tokenizer if isinstance(tokenizer, TokenizerLatents) else resolve_tokenizer(str(tokenizer), dataset)
+    check_finite([tl])
     train_store, test_store = tl.train, tl.test
     tcfg = cfg.train_config()
     heldout = make_heldout(train_store, test_store, cfg.heldout_size, cfg.heldout_t, cfg.heldout_seed)

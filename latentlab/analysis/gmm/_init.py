@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from latentlab.errors import LatentlabError
-from latentlab.latents import LatentStore
+from latentlab.latents import LatentStore, count_nonfinite_rows
 from latentlab.utils import all_reduce_, rank, world_size
 
 SHIFT_ROWS = 4096          # rows whose float64 mean becomes the working origin
@@ -103,13 +103,11 @@ class Source:
     def count_nonfinite(self) -> int:
         """Rows holding NaN or inf."""
         if self.store is not None:
-            bad = 0
-            for x, _ in self.store.batches(65536, flatten=True, dtype=None, indices=self.indices):
-                bad += int((~np.isfinite(x)).any(1).sum())
-            return bad
+            return sum(count_nonfinite_rows(x)
+                       for x, _ in self.store.batches(65536, flatten=True, dtype=None, indices=self.indices))
         if isinstance(self.x, torch.Tensor):
             return int((~torch.isfinite(self.x)).any(1).sum())
-        return int(sum((~np.isfinite(self.x[i:i + 65536])).any(1).sum() for i in range(0, self.n, 65536)))
+        return count_nonfinite_rows(self.x)
 
 
 # ---------------------------------------------------------------- k-means initialisation

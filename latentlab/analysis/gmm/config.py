@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Sequence
-
 import numpy as np
 
 from latentlab.errors import LatentlabError
@@ -82,15 +80,6 @@ class GMMFeatures:
     heldout: np.ndarray  # (n_heldout, k)
     explained_variance: float  # of the kept dimensions (NaN for UMAP)
     info: dict = field(default_factory=dict)
-
-
-def check_finite(toks: Sequence) -> None:
-    """Refuse latents holding NaN or inf, naming the tokenizer, the store and the row count."""
-    for t in toks:
-        bad = t.train.count_nonfinite()
-        if bad:
-            raise LatentlabError(f"tokenizer {t.name!r}: {bad} of {len(t.train)} latent rows in {t.train.path} "
-                                 f"contain NaN or inf; clean or drop them and re-import the store")
 
 
 def split_rows(n: int, heldout: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -27,12 +27,12 @@ from typing import Sequence
 import numpy as np
 
 import latentlab.analysis.gmm.official as official
-from latentlab.analysis.gmm.config import (COLUMNS, FitGMMConfig, GMMFeatures, check_config, check_finite, check_sizes,
+from latentlab.analysis.gmm.config import (COLUMNS, FitGMMConfig, GMMFeatures, check_config, check_sizes,
                                           PROTOCOL_NAMES, split_rows)
 from latentlab.analysis.gmm.mixture import ConvergenceWarning, GaussianMixture
 from latentlab.analysis.pca import PCA, common_dim
 from latentlab.errors import LatentlabError
-from latentlab.extract import TokenizerLatents, resolve_tokenizers
+from latentlab.extract import TokenizerLatents, check_finite, resolve_tokenizers
 from latentlab.io import atomic_dir, save_csv, save_json
 from latentlab.plots.gmm import plot_nll_vs_components
 from latentlab.utils import is_main, progress, progress_enabled, warn
