@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
+import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
@@ -15,13 +17,38 @@ from latentlab.errors import LatentlabError
 C = TypeVar("C")
 
 
+class StrictLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses duplicate keys and reads `1e-4` as a float (YAML 1.2), not a string."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # unhashable keys: the base class gives its own error
+            if key in seen:
+                raise LatentlabError(f"duplicate key {key!r} at line {key_node.start_mark.line + 1} "
+                                     f"(first at line {seen[key] + 1}); keep one of them")
+            seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+StrictLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)?(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789."))
+
+
 def load_mapping(path: str | os.PathLike) -> dict:
-    """Read a YAML or JSON file into a dict; a missing or malformed file is a LatentlabError."""
+    """Read a YAML or JSON file into a dict; a missing or malformed file, or a duplicate key, is a LatentlabError."""
     path = Path(path)
     if not path.is_file():
         raise LatentlabError(f"config file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.load(path.read_text(), Loader=StrictLoader)
+    except LatentlabError as e:
+        raise LatentlabError(f"config {path}: {e}") from None
     except yaml.YAMLError as e:
         line = getattr(getattr(e, "problem_mark", None), "line", None)
         where = f" at line {line + 1}" if line is not None else ""
@@ -33,22 +60,100 @@ def load_mapping(path: str | os.PathLike) -> dict:
     return data
 
 
-def from_dict(cls: type[C], data: dict | None, where: str = "config") -> C:
-    """Build dataclass `cls` from `data`; unknown keys raise, nested dataclasses recurse."""
-    data = dict(data or {})
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
+def _describe(tp: Any) -> str:
+    """A type hint in words: 'an integer', 'a list of integers', 'a mapping', ..."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        inner = [_describe(a) for a in args if a is not type(None)]
+        return " or ".join(inner) + (" or null" if type(None) in args else "")
+    if origin in (list, tuple):
+        if origin is tuple and len(args) >= 1 and args[-1] is not Ellipsis:
+            return f"a list of {len(args)} {_describe(args[0]).split(' ', 1)[1]}s"
+        return f"a list of {_describe(args[0]).split(' ', 1)[1]}s" if args else "a list"
+    if origin is dict or tp is dict or dataclasses.is_dataclass(tp):
+        return "a mapping"
+    return {bool: "a boolean (true/false)", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
+
+
+class _Mismatch(Exception):
+    pass
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """`value` checked against type hint `tp` (ints become floats, lists tuples where asked); _Mismatch if it fails."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        for a in args:
+            if a is type(None):
+                continue
+            try:
+                return _coerce(value, a, where)
+            except _Mismatch:
+                pass
+        raise _Mismatch
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise _Mismatch
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise _Mismatch
+            return tuple(_coerce(v, a, where) for v, a in zip(value, args))
+        items = [_coerce(v, args[0], where) for v in value] if args else list(value)
+        return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise _Mismatch
+        return value
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise _Mismatch
+        return from_dict(tp, value, where)
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise _Mismatch
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+            raise _Mismatch
+        return int(value)
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise _Mismatch
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise _Mismatch
+        return value
+    return value  # other hints (paths, arrays, Any) are not checked here
+
+
+def check_fields(cls: type, data: dict, where: str = "config") -> dict:
+    """`data` with unknown keys refused and every value checked against `cls`'s field type hints."""
+    fields = [f.name for f in dataclasses.fields(cls)]
+    unknown = sorted(set(data) - set(fields), key=str)
     if unknown:
         raise LatentlabError(
             f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in {where}; "
             f"valid keys: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
-    kwargs = {}
+    out = {}
     for name, value in data.items():
-        tp = hints.get(name)
-        if dataclasses.is_dataclass(tp) and isinstance(value, dict):
-            value = from_dict(tp, value, f"{where}.{name}")
-        kwargs[name] = value
+        try:
+            out[name] = _coerce(value, hints[name], f"{where}.{name}")
+        except _Mismatch:
+            raise LatentlabError(f"{where}: {name} must be {_describe(hints[name])}, got {value!r}") from None
+    return out
+
+
+def from_dict(cls: type[C], data: dict | None, where: str = "config") -> C:
+    """Build dataclass `cls` from `data`; unknown keys and values of the wrong type raise, nested dataclasses recurse."""
+    if data is not None and not isinstance(data, dict):
+        raise LatentlabError(f"{where} must be a mapping of keys to values, got {data!r}")
+    kwargs = check_fields(cls, dict(data or {}), where)
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as e:

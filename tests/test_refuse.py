@@ -219,3 +219,134 @@ def test_import_labels_belong_to_latents(tmp_path):
     msg = _one_line(*run_cli("import-latents", "--dataset", "digits", "--labels", str(tmp_path / "y.npy"),
                              "--out", str(tmp_path / "s")))
     assert "--labels goes with --latents" in msg
+
+
+# ---------------------------------------------------------------- strict study configs
+
+STUDY = {"dataset": "digits", "tokenizers": {"pixels": {"arch": "pixels"},
+                                             "ae": {"arch": "ae", "train": {"steps": 5}}}}
+
+
+def _study(**changes):
+    import copy
+
+    cfg = copy.deepcopy(STUDY)
+    for path, value in changes.items():
+        *head, last = path.split("__")
+        d = cfg
+        for k in head:
+            d = d.setdefault(k, {})
+        d[last] = value
+    return cfg
+
+
+@pytest.mark.parametrize("changes, expect", [
+    ({"gmm__components": 5}, "gmm: components must be a list of integers, got 5"),
+    ({"gmm__components": [1, "two"]}, "gmm: components must be a list of integers"),
+    ({"tokenizers__ae__train__steps": "twenty"}, "tokenizers.ae.train: steps must be an integer, got 'twenty'"),
+    ({"tokenizers__ae__train__steps": 2.5}, "tokenizers.ae.train: steps must be an integer"),
+    ({"tokenizers__ae__decoder_finetune": {"lr": "fast"}}, "tokenizers.ae.decoder_finetune: lr must be a number"),
+    ({"tokenizers__ae__model__mask_min": "high"}, "tokenizers.ae.model: mask_min must be a number"),
+    ({"tokenizers__ae__model__aux_targets": "hog"}, "tokenizers.ae.model: aux_targets must be a list of strings"),
+    ({"tokenizers__ae__size": 3}, "tokenizers.ae: size must be a string"),
+    ({"sit__train__steps": "twenty"}, "sit.train: steps must be an integer"),
+    ({"sit__train__betas": [0.9]}, "betas must be a list of 2 numbers"),
+    ({"sample__n": "all"}, "sample: n must be an integer"),
+    ({"sample__decode": "yes"}, "sample: decode must be a boolean"),
+    ({"probe__probe__epochs": [3]}, "probe.probe: epochs must be an integer"),
+    ({"umap__n": None}, "umap: n must be an integer, got None"),
+    ({"gmm": [1, 2]}, "study config: gmm must be a mapping"),
+    ({"seed": "0"}, "study config: seed must be an integer"),
+    ({"report": 1}, "study config: report must be a boolean"),
+    ({"tokenizers__maetok": {"size": "tiny", "train": {"steps": 5}}}, "tokenizer 'maetok' has no 'arch:'"),
+    ({"tokenizers__maetok": None}, "tokenizer 'maetok' must be a mapping with at least 'arch:'"),
+])
+def test_study_config_types_are_strict(changes, expect):
+    from latentlab.study.config import load_study_config
+
+    with pytest.raises(LatentlabError) as e:
+        load_study_config(_study(**changes))
+    assert expect in str(e.value)
+    assert "\n" not in str(e.value)
+
+
+def test_study_config_accepts_what_yaml_users_write(tmp_path):
+    from latentlab.study.config import load_study_config, section_configs
+
+    path = tmp_path / "s.yaml"
+    path.write_text("dataset: digits\ntokenizers:\n  ae: {arch: ae, train: {steps: 5.0, lr: 1e-4, betas: [0.9, 1]}}\n"
+                    "gmm: {components: [1, 2, 5]}\nsample: {guidance_interval: [0, 1]}\n")
+    cfg, entries = load_study_config(path)
+    from latentlab.tokenizers.training import TokenizerRunConfig
+
+    tcfg = TokenizerRunConfig(arch="ae", train=entries["ae"].train).train_config()
+    assert tcfg.steps == 5 and isinstance(tcfg.steps, int)
+    assert tcfg.lr == 1e-4 and tcfg.betas == (0.9, 1.0)  # YAML 1.1 would read 1e-4 as a string
+    sections = section_configs(cfg)
+    assert sections["gmm"].components == (1, 2, 5)
+    assert sections["sample"].guidance_interval == (0.0, 1.0)
+
+
+@pytest.mark.parametrize("text, line", [
+    ("dataset: digits\ndataset: mnist5k\ntokenizers: {ae: {arch: ae}}\n", 2),
+    ("dataset: digits\ntokenizers:\n  ae: {arch: ae}\n  ae: {arch: vae}\n", 4),
+    ("dataset: digits\ntokenizers:\n  ae: {arch: ae, train: {steps: 5, steps: 6}}\n", 3),
+])
+def test_duplicate_yaml_keys_are_refused(tmp_path, text, line):
+    path = tmp_path / "study.yaml"
+    path.write_text(text)
+    msg = _one_line(*run_cli("run", str(path), "--out", str(tmp_path / "out")))
+    assert "duplicate key" in msg and f"line {line}" in msg
+    assert not (tmp_path / "out").exists()
+
+
+def _bad_value(tp):
+    """A value of the wrong type for type hint `tp` (None where None is allowed is fine, so it is not used)."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        return _bad_value(next(a for a in args if a is not type(None)))
+    if origin in (list, tuple):
+        return "one"
+    if origin is dict or tp is dict:
+        return [1]
+    return {bool: "yes", int: "twenty", float: "fast", str: 7}.get(tp, None)
+
+
+def _config_classes():
+    from latentlab.analysis.gmm.config import FitGMMConfig
+    from latentlab.analysis.probe import DiscriminabilityConfig, ProbeConfig
+    from latentlab.analysis.umap import UmapConfig
+    from latentlab.metrics.evaluate import MetricsConfig
+    from latentlab.sit.sample import SampleConfig
+    from latentlab.sit.training import SiTTrainConfig
+    from latentlab.study.config import StudyConfig, TokenizerEntry
+    from latentlab.tokenizers.models import TokenizerConfig
+    from latentlab.tokenizers.training import TokenizerRunConfig
+    from latentlab.trainer import TrainConfig
+
+    return [FitGMMConfig, DiscriminabilityConfig, ProbeConfig, UmapConfig, MetricsConfig, SampleConfig,
+            SiTTrainConfig, StudyConfig, TokenizerEntry, TokenizerConfig, TokenizerRunConfig, TrainConfig]
+
+
+def test_every_config_field_refuses_a_value_of_the_wrong_type():
+    import dataclasses
+    import typing
+
+    from latentlab.config import from_dict
+
+    checked = 0
+    for cls in _config_classes():
+        required = {f.name: "ae" for f in dataclasses.fields(cls)
+                    if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING}
+        for name, tp in typing.get_type_hints(cls).items():
+            bad = _bad_value(tp)
+            if bad is None:
+                continue
+            with pytest.raises(LatentlabError, match=f"{name} must be") as e:
+                from_dict(cls, {**required, name: bad}, cls.__name__)
+            assert repr(bad) in str(e.value)
+            checked += 1
+    assert checked > 100

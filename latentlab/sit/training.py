@@ -78,10 +78,10 @@ class SiTTrainConfig:
         if self.heldout_size < 1 or self.heldout_t < 1 or self.max_tokens < 1:
             raise ValueError("heldout_size, heldout_t and max_tokens must be >= 1")
 
-    def train_config(self) -> TrainConfig:
+    def train_config(self, where: str = "train-sit config 'train'") -> TrainConfig:
         """The shared loop's TrainConfig: SiT defaults, then the preset's, then `train` overrides."""
         base = from_dict(TrainConfig, {**SIT_TRAIN_DEFAULTS, **SIT_PRESET_TRAIN.get(self.model, {})}, "SiT training")
-        return merge(base, self.train, "train-sit config 'train'")
+        return merge(base, self.train, where)
 
 
 # ---------------------------------------------------------------- normalisation

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 from latentlab.analysis.gmm.config import FitGMMConfig, check_config
 from latentlab.analysis.probe import DiscriminabilityConfig, ProbeConfig
 from latentlab.analysis.umap import UmapConfig
-from latentlab.config import from_dict, load_mapping
+from latentlab.config import check_fields, from_dict, load_mapping
 from latentlab.data import DATASETS, parse_spec
 from latentlab.errors import LatentlabError
 from latentlab.metrics.evaluate import MetricsConfig
@@ -29,7 +28,7 @@ TOKENIZER_STAGES = ("tokenizer", "eval", "extract", "probe", "sit", "sample", "g
 class TokenizerEntry:
     """One tokenizer of a study: a trainable arch with preset and overrides, pixels, a pretrained one, or a store."""
 
-    arch: str = "ae"                   # ae | vae | vavae | maetok | pixels | pretrained | store
+    arch: str                          # ae | vae | vavae | maetok | pixels | pretrained | store (required)
     size: str = "tiny"                 # size preset of a trainable arch
     model: dict = field(default_factory=dict)     # TokenizerConfig overrides (teacher, masking, ...)
     train: dict = field(default_factory=dict)     # TrainConfig overrides (steps, batch_size, lr, ...)
@@ -56,22 +55,21 @@ class StudyConfig:
 
 
 def _entry(name: str, raw) -> TokenizerEntry:
-    if raw is None:
-        raw = {"arch": name}
+    archs = ", ".join(sorted(TOKENIZERS) + list(SPECIAL_ARCHS))
     if not isinstance(raw, dict):
-        raise LatentlabError(f"tokenizer {name!r} must be a mapping (arch, size, model, train, ...)")
+        raise LatentlabError(f"tokenizer {name!r} must be a mapping with at least 'arch:' (one of {archs}), "
+                             f"e.g. {name}: {{arch: ...}}")
+    if "arch" not in raw:
+        raise LatentlabError(f"tokenizer {name!r} has no 'arch:'; every tokenizer names its kind, one of {archs}")
     e = from_dict(TokenizerEntry, raw, f"tokenizers.{name}")
     if e.arch not in TOKENIZERS and e.arch not in SPECIAL_ARCHS:
-        raise LatentlabError(f"tokenizer {name!r} has unknown arch {e.arch!r}; choose one of "
-                             f"{', '.join(sorted(TOKENIZERS) + list(SPECIAL_ARCHS))}")
+        raise LatentlabError(f"tokenizer {name!r} has unknown arch {e.arch!r}; choose one of {archs}")
     if e.arch in TOKENIZERS:  # validate the nested overrides now, not after hours of training
-        TokenizerRunConfig(arch=e.arch, size=e.size, train=e.train).train_config()
+        TokenizerRunConfig(arch=e.arch, size=e.size, train=e.train).train_config(f"tokenizers.{name}.train")
         if e.decoder_finetune is not None:
-            TokenizerRunConfig(arch=e.arch, size=e.size, train=e.decoder_finetune).train_config()
-        fields = {f.name for f in dataclasses.fields(TokenizerConfig)}
-        unknown = sorted(set(e.model) - fields)
-        if unknown:
-            raise LatentlabError(f"unknown key {unknown[0]!r} in tokenizers.{name}.model; valid keys: {', '.join(sorted(fields))}")
+            TokenizerRunConfig(arch=e.arch, size=e.size, train=e.decoder_finetune).train_config(
+                f"tokenizers.{name}.decoder_finetune")
+        check_fields(TokenizerConfig, e.model, f"tokenizers.{name}.model")
     if e.arch == "pretrained" and not e.pretrained:
         raise LatentlabError(f"tokenizer {name!r}: arch 'pretrained' needs 'pretrained: diffusers:PATH'")
     if e.arch == "store" and not e.store:
@@ -90,7 +88,7 @@ def section_configs(cfg: StudyConfig) -> dict:
     sit = dict(cfg.sit)
     sit["train"] = {"seed": cfg.seed, "device": cfg.device, **sit.get("train", {})}
     sit_cfg = from_dict(SiTTrainConfig, sit, "sit")
-    sit_cfg.train_config()  # validates the nested train overrides
+    sit_cfg.train_config("sit.train")  # validates the nested train overrides
     return {
         "sit": sit_cfg,
         "sample": from_dict(SampleConfig, {"device": cfg.device, "seed": cfg.seed, **cfg.sample}, "sample"),

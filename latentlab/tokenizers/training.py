@@ -43,9 +43,9 @@ class TokenizerRunConfig:
     model: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
 
-    def train_config(self) -> TrainConfig:
+    def train_config(self, where: str = "train config") -> TrainConfig:
         """The TrainConfig: tokenizer defaults, then the `train` overrides."""
-        return from_dict(TrainConfig, {**TRAIN_DEFAULTS, **self.train}, "train config")
+        return from_dict(TrainConfig, {**TRAIN_DEFAULTS, **self.train}, where)
 
 
 def save_grid(rows: list[torch.Tensor], path: Path, min_side: int = 64) -> None:
