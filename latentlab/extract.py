@@ -40,7 +40,7 @@ from latentlab.io import file_hash, load_json, workspace_root
 from latentlab.latents import LatentStore, count_nonfinite_rows, is_store, open_split
 from latentlab.tokenizers.external import load_autoencoder_kl
 from latentlab.tokenizers.training import load_tokenizer
-from latentlab.utils import get_device, is_main, progress, rank, world_size
+from latentlab.utils import get_device, is_main, progress, rank, rank_range, world_size
 
 
 def open_tokenizer(spec: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
@@ -56,11 +56,6 @@ def open_tokenizer(spec: str | Path, weights: str = "ema", device: str | torch.d
                    "image_size": m["image_size"], "channels": m["channels"], "dataset": cfg.get("dataset"),
                    "tokenizer": {"run": str(run), "arch": cfg.get("arch"), "size": cfg.get("size"),
                                  "teacher": cfg.get("teacher"), "stage": cfg.get("stage"), "weights": weights}}
-
-
-def _shard(n: int, r: int, ws: int) -> tuple[int, int]:
-    """Contiguous [start, end) of rank r out of ws over n items."""
-    return n * r // ws, n * (r + 1) // ws
 
 
 @torch.no_grad()
@@ -93,7 +88,7 @@ def extract(tokenizer: str | Path, dataset: str | None = None, split: str = "tra
             "encode": "posterior mode", "image_size": info["image_size"], "spec": str(tokenizer)}
     out = Path(out)
     r, ws = rank(), world_size()
-    start, end = _shard(len(ds), r, ws)
+    start, end = rank_range(len(ds), r, ws)
     if ws == 1:
         writer = None
         for z, y in encode_dataset(model, ds, start, end, batch_size, dev):

@@ -47,7 +47,6 @@ A non-finite loss term stops the run with a LatentlabError naming the step and t
 from __future__ import annotations
 
 import copy
-import dataclasses
 import json
 import math
 import time
@@ -339,7 +338,3 @@ def train(task: TrainTask, cfg: TrainConfig, out_dir: str | Path, resume: bool =
             "time_s": round(time.time() - t0, 3), "final": last, "eval": last_eval,
             "device": str(device)}
 
-
-def run_fields(cls: type) -> list[str]:
-    """Field names of a dataclass (for CLI help and config validation)."""
-    return [f.name for f in dataclasses.fields(cls)]

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
-import random
 import sys
 import zlib
 from typing import Iterable, Iterator, TypeVar
@@ -14,15 +14,6 @@ import torch
 from latentlab.errors import LatentlabError
 
 T = TypeVar("T")
-
-
-def seed_everything(seed: int, rank: int = 0) -> int:
-    """Seed python, numpy and torch with `seed + rank`; returns the seed used."""
-    s = int(seed) + int(rank)
-    random.seed(s)
-    np.random.seed(s % (2**32))
-    torch.manual_seed(s)
-    return s
 
 
 def get_device(spec: str | torch.device | None = None) -> torch.device:
@@ -57,6 +48,14 @@ def world_size() -> int:
 
 def is_main() -> bool:
     return rank() == 0
+
+
+def rank_range(n: int, rank: int, world_size: int) -> tuple[int, int]:
+    """The contiguous rows [lo, hi) of `rank` out of `world_size` over n rows: the one rank split.
+
+    Parts differ in size by at most one row, and no rank is empty while n >= world_size.
+    """
+    return n * rank // world_size, n * (rank + 1) // world_size
 
 
 def all_reduce_(t: torch.Tensor) -> torch.Tensor:
@@ -107,6 +106,18 @@ def info(msg: str) -> None:
     """A one-line status message on stderr (rank 0 only)."""
     if is_main():
         print(msg, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def torch_seeded(seed: int) -> Iterator[None]:
+    """Draws from torch's global CPU generator inside the block start from `seed`; the caller's state comes back after.
+
+    For what draws from the global generator without taking a `torch.Generator` (module
+    initialisation): `with torch_seeded(seed): model = Model(cfg)`. No global state leaks.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.random.default_generator.manual_seed(int(seed))
+        yield
 
 
 def derive_seed(*parts) -> int:

@@ -6,7 +6,7 @@
 
 Which network made the features decides the metric's name: Inception-v3 gives FID, anything
 else gives "FD-<extractor>" (see `latentlab.metrics.extractors`). Real-data statistics are
-cached by `latentlab.metrics.cache`.
+computed and cached by `latentlab.metrics.stats`.
 """
 
 from __future__ import annotations

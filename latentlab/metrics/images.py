@@ -18,7 +18,6 @@ import torch.nn.functional as F
 
 from latentlab.data import to_tensor
 from latentlab.errors import LatentlabError
-from latentlab.io import atomic_path
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 NPZ_KEY = "images"
@@ -135,14 +134,6 @@ def open_images(path: str | os.PathLike, min_images: int = 2) -> ImageSet:
     if p.is_file():
         raise LatentlabError(f"{p} is neither a folder of images nor an .npz; give one of those")
     raise LatentlabError(f"no such folder or .npz: {p}")
-
-
-def save_images_npz(images: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write uint8 images (N, H, W, C) to an .npz under the key 'images', atomically."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **{NPZ_KEY: np.asarray(images, np.uint8)})
-    return Path(path)
 
 
 def fit_images(x: torch.Tensor, channels: int | None, size: int | None, who: str = "extractor") -> torch.Tensor:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from latentlab.io import load_json, obj_hash, save_json
+from latentlab.io import obj_hash, save_json
 
 STAGE_FILE = "stage.json"
 
@@ -106,8 +106,3 @@ def run_stage(root: Path, owner: str, name: str, key: Any,
         log.add(owner, name, False, seconds)
     return StageResult(name, final, h, result, False, seconds)
 
-
-def read_stage(root: Path, owner: str, name: str) -> dict | None:
-    """The stage.json of a finished stage, or None."""
-    p = Path(root) / owner / name / STAGE_FILE
-    return load_json(p, "stage record") if p.is_file() else None
