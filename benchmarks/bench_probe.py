@@ -64,7 +64,7 @@ def worker(kind: str, data: Path, threads: int) -> dict:
         model = LogisticRegression(max_iter=1000).fit(xtr, ytr)
         acc, extra = float(model.score(xte, yte)), {"n_iter": int(np.max(model.n_iter_)), "init_seconds": 0.0}
     else:
-        from latentlab.analysis.stream import Features
+        from latentlab.analysis.stream import Rows
         from latentlab.analysis.probe import ProbeConfig, linear_probe
 
         t_init = time.perf_counter()
@@ -73,7 +73,7 @@ def worker(kind: str, data: Path, threads: int) -> dict:
         init = time.perf_counter() - t_init
         cfg = ProbeConfig(device="cpu")
         t0 = time.perf_counter()
-        res = linear_probe(Features.from_arrays(xtr, ytr), Features.from_arrays(xte, yte), int(ytr.max()) + 1, cfg)
+        res = linear_probe(Rows(xtr, labels=ytr), Rows(xte, labels=yte), int(ytr.max()) + 1, cfg)
         acc, extra = res["top1"], {"epochs": cfg.epochs, "batch_size": cfg.batch_size, "optimizer": cfg.optimizer,
                                    "init_seconds": init}
     return {"kind": kind, "top1": acc, "seconds": time.perf_counter() - t0, **extra}
@@ -92,7 +92,7 @@ def gpu_epoch_seconds(n: int = 1_281_167, d: int = 4096, k: int = 1000, epochs: 
     """ImageNet-scale probe on CUDA: synthetic float16 features held on the GPU, seconds per epoch."""
     import torch
 
-    from latentlab.analysis.stream import Features
+    from latentlab.analysis.stream import Rows
     from latentlab.analysis.probe import ProbeConfig, train_probe
 
     if not torch.cuda.is_available():
@@ -101,7 +101,7 @@ def gpu_epoch_seconds(n: int = 1_281_167, d: int = 4096, k: int = 1000, epochs: 
     y = torch.randint(0, k, (n,), device="cuda", generator=g)
     means = torch.randn(k, d, device="cuda", generator=g, dtype=torch.float16)
     x = means[y] + torch.randn(n, d, device="cuda", generator=g, dtype=torch.float16) * 4  # (n, d) float16
-    feats = Features.from_arrays(x, y.cpu().numpy())
+    feats = Rows(x, labels=y.cpu().numpy())
     stamps = []
 
     def on_epoch(epoch: int, loss: float) -> None:

@@ -1,4 +1,4 @@
-"""LatentStore: sharded, memory-mappable latents + labels + manifest, streamed in batches.
+"""LatentStore: sharded, memory-mappable latents + labels + manifest (the on-disk format only).
 
 On disk (see ARCHITECTURE.md)::
 
@@ -10,8 +10,9 @@ On disk (see ARCHITECTURE.md)::
 
 A store is written to a temporary directory and renamed, so it is complete or absent.
 `sample_shape` is `(tokens, channels)` for 1D-token tokenizers ("tokens" layout), or
-`(channels, height, width)` for 2D latent grids ("grid" layout). Analyses flatten each
-sample to one vector of `dim = prod(sample_shape)` features.
+`(channels, height, width)` for 2D latent grids ("grid" layout). Analyses read a store through
+`latentlab.analysis.stream.Rows`, which flattens each sample to one vector of
+`dim = prod(sample_shape)` features (or pools it) and splits the rows by rank.
 
 A *store set* is a directory whose `train/` and `test/` subdirectories are stores
 (what `import-latents --dataset` and tokenizer extraction write); `open_split` finds
@@ -24,7 +25,6 @@ import datetime as _dt
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 
@@ -324,26 +324,6 @@ class LatentStore:
             out[m] = self._shards[s][indices[m] - self._offsets[s]]
         return out.reshape(len(indices), -1) if flatten else out
 
-    def batches(self, batch_size: int = 8192, flatten: bool = False, dtype=np.float32,
-                indices: np.ndarray | None = None, rank: int = 0, world_size: int = 1
-                ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield (latents, labels) batches; with `indices`, only those rows (in the given order).
-
-        Under several ranks each rank gets a contiguous 1/world_size part of the rows.
-        """
-        labels = self._labels
-        if indices is None:
-            lo, hi = _part(len(self), rank, world_size)
-            for i in range(lo, hi, batch_size):
-                j = min(i + batch_size, hi)
-                yield self.get(i, j, flatten, dtype), np.asarray(labels[i:j], dtype=np.int64)
-        else:
-            indices = np.asarray(indices, dtype=np.int64)
-            lo, hi = _part(len(indices), rank, world_size)
-            for i in range(lo, hi, batch_size):
-                idx = indices[i:min(i + batch_size, hi)]
-                yield self.take(idx, flatten, dtype), np.asarray(labels[idx], dtype=np.int64)
-
     def load(self, flatten: bool = False, dtype=np.float32) -> tuple[np.ndarray, np.ndarray]:
         """The whole store in memory, for small stores: (latents, labels)."""
         return self.get(0, len(self), flatten, dtype), self.labels
@@ -351,7 +331,7 @@ class LatentStore:
     def count_nonfinite(self, batch_size: int = 65536) -> int:
         """Number of rows holding NaN or inf (streamed once; the count is kept for this open store)."""
         if self._nonfinite is None:
-            self._nonfinite = sum(count_nonfinite_rows(x) for x, _ in self.batches(batch_size, flatten=True, dtype=None))
+            self._nonfinite = sum(count_nonfinite_rows(shard, batch_size) for shard in self._shards)
         return self._nonfinite
 
 
@@ -360,11 +340,6 @@ def count_nonfinite_rows(x: np.ndarray, chunk: int = 65536) -> int:
     n = len(x)
     return int(sum((~np.isfinite(np.asarray(x[i:i + chunk]).reshape(min(chunk, n - i), -1))).any(1).sum()
                    for i in range(0, n, chunk)))
-
-
-def _part(n: int, rank: int, world_size: int) -> tuple[int, int]:
-    per = -(-n // world_size)
-    return min(n, rank * per), min(n, (rank + 1) * per)
 
 
 def is_store(path: str | os.PathLike) -> bool:

@@ -21,9 +21,10 @@ WORKER = textwrap.dedent("""
     from latentlab.analysis.gmm import GaussianMixture
     from latentlab.latents import LatentStore
     from latentlab.utils import world_size
-    from latentlab.analysis.gmm._init import Source
+    from latentlab.analysis.stream import Rows
     assert world_size() == 2
-    assert Source(np.zeros((1000, 2)), torch.device("cpu")).part(shard=True) == (500 * rank, 500 * rank + 500)
+    mine = torch.cat(list(Rows(np.arange(1000.0)[:, None]).batches(300, shard=True)))[:, 0]
+    assert torch.equal(mine, torch.arange(500 * rank, 500 * rank + 500, dtype=torch.float64))
     X = np.load(store_path + ".npy")
     store = LatentStore.open(store_path)
     res = {}

@@ -22,14 +22,9 @@ def test_roundtrip_tokens_and_stats(tmp_path, rng):
     np.testing.assert_allclose(st.stats["channel_mean"], flat.mean(0), rtol=1e-6)
     np.testing.assert_allclose(st.stats["channel_std"], flat.std(0), rtol=1e-6)
     np.testing.assert_allclose(st.stats["global_std"], flat.std(), rtol=1e-6)
-    # streaming batches cover everything in order, across shard borders
-    got = np.concatenate([b for b, _ in st.batches(128, flatten=True)])
-    np.testing.assert_array_equal(got, x.reshape(1000, -1))
     idx = rng.permutation(1000)[:77]
     np.testing.assert_array_equal(st.take(idx), x[idx])
-    # rank parts are disjoint and complete
-    parts = [np.concatenate([b for b, _ in st.batches(100, rank=r, world_size=3)]) for r in range(3)]
-    np.testing.assert_array_equal(np.concatenate(parts), x)
+    assert st.count_nonfinite(batch_size=300) == 0
 
 
 def test_shards_are_memory_mapped(tmp_path, rng):

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from conftest import run_cli
-from latentlab.analysis.stream import Features, check_labels, pool_features
+from latentlab.analysis.stream import DEFAULT_MAX_BYTES, Rows, check_labels, pool_features
 from latentlab.analysis.probe import ProbeConfig, cosine_lr, linear_probe
 from latentlab.errors import LatentlabError
 from latentlab.latents import LatentStore
@@ -20,7 +20,7 @@ def gaussian_classes(rng, n, d, k, sep):
 
 
 def split(x, y, n_train):
-    return Features.from_arrays(x[:n_train], y[:n_train]), Features.from_arrays(x[n_train:], y[n_train:])
+    return Rows(x[:n_train], labels=y[:n_train]), Rows(x[n_train:], labels=y[n_train:])
 
 
 @pytest.mark.parametrize("optimizer", ["adamw", "sgd"])
@@ -56,9 +56,9 @@ def test_streamed_store_features_match_in_memory(tmp_path, rng):
     x = x.reshape(900, 3, 4)
     st = LatentStore.create(tmp_path / "s", x, y, shard_size=200)
     idx = np.sort(rng.choice(900, 500, replace=False))
-    streamed = Features(st, idx, "flatten", max_bytes=0, chunk_rows=128, block_rows=16)
+    streamed = Rows(st, idx, max_bytes=0, chunk_rows=128, block_rows=16)
     assert not streamed.in_memory
-    got = [(a.numpy(), b.numpy()) for a, b in streamed.chunks(np.random.default_rng(0))]
+    got = [(a.numpy(), b.numpy()) for a, b in streamed.batches(rng=np.random.default_rng(0), labels=True)]
     xs = np.concatenate([a for a, _ in got])
     ys = np.concatenate([b for _, b in got])
     order = np.lexsort(xs.T[::-1])
@@ -66,13 +66,13 @@ def test_streamed_store_features_match_in_memory(tmp_path, rng):
     ref_order = np.lexsort(ref.T[::-1])
     np.testing.assert_array_equal(xs[order], ref[ref_order])  # every row exactly once
     np.testing.assert_array_equal(ys[order], y[idx][ref_order])
-    mem = Features(st, idx, "flatten")
+    mem = Rows(st, idx, max_bytes=DEFAULT_MAX_BYTES)
     assert mem.in_memory
     np.testing.assert_array_equal(mem.load()[0], ref)
     test_rows = np.setdiff1d(np.arange(900), idx)
     cfg = ProbeConfig(device="cpu", batch_size=64)
-    a = linear_probe(streamed, Features(st, test_rows, "flatten", max_bytes=0, chunk_rows=100), 5, cfg)
-    b = linear_probe(mem, Features(st, test_rows, "flatten"), 5, cfg)
+    a = linear_probe(streamed, Rows(st, test_rows, max_bytes=0, chunk_rows=100), 5, cfg)
+    b = linear_probe(mem, Rows(st, test_rows, max_bytes=DEFAULT_MAX_BYTES), 5, cfg)
     assert a["top1"] > 0.9 and abs(a["top1"] - b["top1"]) < 0.03
 
 

@@ -3,12 +3,13 @@ import pandas as pd
 import pytest
 
 from latentlab.analysis.probe import gmm_nll_lookup
-from latentlab.analysis.stream import Features
+from latentlab.analysis.stream import Rows
 from latentlab.analysis.structure import cluster_scores, fisher_ratio, knn_accuracy, rankme
 from latentlab.errors import LatentlabError
 from latentlab.latents import LatentStore
 
-F = Features.from_arrays
+def F(x, y):
+    return Rows(x, labels=y)
 
 
 def test_knn_temperature_weighting_closed_form():
@@ -39,7 +40,7 @@ def test_knn_matches_brute_force_with_streamed_bank(tmp_path, rng):
     order = np.argsort(-votes, axis=1)
     ref1, ref5 = (order[:, 0] == qy).mean(), (order[:, :5] == qy[:, None]).any(1).mean()
     st = LatentStore.create(tmp_path / "bank", bank, bank_y, shard_size=128)
-    streamed = Features(st, max_bytes=0, chunk_rows=100)
+    streamed = Rows(st, max_bytes=0, chunk_rows=100)
     got = knn_accuracy(streamed, F(q, qy), classes, k, temp, query_batch=64, bank_block=70)
     assert got["top1"] == pytest.approx(ref1) and got["top5"] == pytest.approx(ref5)
 
@@ -64,7 +65,7 @@ def test_fisher_ratio_streamed_matches_direct(tmp_path, rng):
     sb = sum((y == c).sum() * np.sum((x64[y == c].mean(0) - mu) ** 2) for c in range(4))
     sw = sum(np.sum((x64[y == c] - x64[y == c].mean(0)) ** 2) for c in range(4))
     st = LatentStore.create(tmp_path / "s", x, y)
-    assert fisher_ratio(Features(st, max_bytes=0, chunk_rows=97)) == pytest.approx(sb / sw, rel=1e-6)
+    assert fisher_ratio(Rows(st, max_bytes=0, chunk_rows=97)) == pytest.approx(sb / sw, rel=1e-6)
     # population value for two classes at +-m on one axis with unit noise in D dims: m^2 / D
     n, d, m = 20000, 4, 1.5
     yy = rng.integers(0, 2, n)

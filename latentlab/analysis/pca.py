@@ -1,6 +1,6 @@
 """Streaming PCA in torch: float64 mean and scatter from batches, then one eigendecomposition.
 
-`PCA.fit` accepts an array, a tensor, a LatentStore (streamed with `batches(flatten=True)`)
+`PCA.fit` accepts an array, a tensor, a LatentStore (streamed through `analysis.stream.Rows`)
 or any iterable of `(n, D)` batches. The statistics are float64 sums, so a store larger
 than memory is read once, on CPU or CUDA; under torch.distributed every rank streams its
 own part of the rows and the sums are all-reduced. The fitted attributes follow
@@ -18,58 +18,22 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from latentlab.analysis.stream import Rows, is_rows
 from latentlab.errors import LatentlabError
-from latentlab.latents import LatentStore
-from latentlab.utils import all_reduce_, get_device, rank, world_size
+from latentlab.utils import all_reduce_, get_device
 
 
-def _part(n: int, r: int, w: int) -> tuple[int, int]:
-    per = -(-n // w)
-    return min(n, r * per), min(n, (r + 1) * per)
-
-
-def iter_rows(data, batch_size: int = 8192, indices: np.ndarray | None = None,
-              split_ranks: bool = True) -> Iterator[torch.Tensor]:
-    """Yield float64 CPU tensors (n, D) from an array, tensor, LatentStore or iterable of batches.
-
-    With `indices`, only those rows (array, tensor or store). Under torch.distributed and
-    `split_ranks`, each rank gets a contiguous 1/world_size part (an iterable is taken as
-    this rank's own part).
-    """
-    r, w = (rank(), world_size()) if split_ranks else (0, 1)
-    if isinstance(data, LatentStore):
-        for x, _ in data.batches(batch_size, flatten=True, dtype=np.float64, indices=indices, rank=r, world_size=w):
-            yield torch.from_numpy(x)  # (b, D)
-        return
-    if isinstance(data, (np.ndarray, torch.Tensor)):
-        if data.ndim < 2:
-            raise LatentlabError(f"expected rows of shape (N, D); got an array of shape {tuple(data.shape)}")
-        n = len(indices) if indices is not None else data.shape[0]
-        lo, hi = _part(n, r, w)
-        for i in range(lo, hi, batch_size):
-            j = min(i + batch_size, hi)
-            if indices is not None:
-                idx = np.asarray(indices[i:j])
-                x = data[torch.as_tensor(idx)] if isinstance(data, torch.Tensor) else data[idx]
-            else:
-                x = data[i:j]
-            x = x.reshape(x.shape[0], -1)
-            yield (x.detach().cpu() if isinstance(x, torch.Tensor) else torch.from_numpy(np.asarray(x))).double()
-        return
+def _batches(data, batch_size: int, indices: np.ndarray | None,
+             shard: bool) -> tuple[Iterator[torch.Tensor], int | None]:
+    """(batches (b, D), D or None): an array, tensor or store through the stream adapter (this rank's part
+    when `shard`), or an iterable of batches, taken as this rank's own part."""
+    if is_rows(data):
+        rows = Rows(data, indices)
+        return rows.batches(batch_size, shard=shard), rows.dim
     if indices is not None:
         raise LatentlabError("row indices need an array, a tensor or a LatentStore, not a stream of batches")
-    for x in data:
-        x = torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x)
-        yield x.reshape(x.shape[0], -1).double().cpu()
-
-
-def _n_features(data) -> int:
-    """Features per row of an array/tensor/store with no rows on this rank."""
-    if isinstance(data, LatentStore):
-        return data.dim
-    if isinstance(data, (np.ndarray, torch.Tensor)):
-        return int(np.prod(data.shape[1:]))
-    raise LatentlabError("cannot fit a PCA on an empty stream of batches")
+    return (torch.as_tensor(np.asarray(x) if not isinstance(x, torch.Tensor) else x).reshape(len(x), -1)
+            for x in data), None
 
 
 def _flip_signs(v: torch.Tensor) -> torch.Tensor:
@@ -97,16 +61,18 @@ class PCA:
     def fit(self, data, indices: np.ndarray | None = None) -> "PCA":
         """Accumulate the mean and scatter of `data` (rows `indices` only) and eigendecompose."""
         dev = get_device(self.device)
-        rows = iter_rows(data, self.batch_size, indices)
+        rows, dim = _batches(data, self.batch_size, indices, shard=True)
         first = next(rows, None)
-        d = first.shape[1] if first is not None else _n_features(data)
+        if first is None and dim is None:
+            raise LatentlabError("cannot fit a PCA on an empty stream of batches")
+        d = first.shape[1] if first is not None else dim
         # Shift by a rough mean (the first batch's, averaged over ranks) so the scatter does not cancel.
         shift = self._common_shift(first, d, dev)  # (D,)
         n = torch.zeros((), dtype=torch.float64, device=dev)
         s = torch.zeros(d, dtype=torch.float64, device=dev)  # (D,)
         scatter = torch.zeros(d, d, dtype=torch.float64, device=dev)  # (D, D)
         for x in itertools.chain([first] if first is not None else [], rows):
-            xc = x.to(dev) - shift  # (b, D) float64
+            xc = x.to(dev, torch.float64) - shift  # (b, D) float64
             n += xc.shape[0]
             s += xc.sum(0)
             scatter.addmm_(xc.T, xc)
@@ -121,7 +87,7 @@ class PCA:
         """The first batch's mean, averaged over the ranks that have one (identical everywhere)."""
         m = torch.zeros(d + 1, dtype=torch.float64, device=dev)  # (D+1,): sum, count
         if x is not None:
-            m[:-1], m[-1] = x.to(dev).sum(0), x.shape[0]
+            m[:-1], m[-1] = x.to(dev, torch.float64).sum(0), x.shape[0]
         all_reduce_(m)
         return m[:-1] / m[-1].clamp_min(1)
 
@@ -200,13 +166,14 @@ class PCA:
         dev = get_device(self.device)
         comps = torch.from_numpy(self.components_).to(dev)  # (k, D)
         mean = torch.from_numpy(self.mean_).to(dev)  # (D,)
-        out = [((x.to(dev) - mean) @ comps.T).cpu() for x in iter_rows(data, self.batch_size, indices, split_ranks=False)]
+        rows, _ = _batches(data, self.batch_size, indices, shard=False)
+        out = [((x.to(dev, torch.float64) - mean) @ comps.T).cpu() for x in rows]
         z = torch.cat(out).numpy() if out else np.zeros((0, self.n_components_))  # (n, k)
         if whiten or zscore:
-            z = z / self.scale_(zscore)
+            z = z / self.projection_std(zscore)
         return z
 
-    def scale_(self, zscore: bool = True) -> np.ndarray:
+    def projection_std(self, zscore: bool = True) -> np.ndarray:
         """Per-dimension std of the fitted projections: population (zscore) or ddof=1 (whiten)."""
         var = self.explained_variance_ * ((self.n_samples_ - 1) / self.n_samples_ if zscore else 1.0)
         if np.any(var <= 1e-12 * max(float(self.all_explained_variance_[0]), 1e-300)):

@@ -3,8 +3,8 @@ Scalable Vision Learners", CVPR 2022, main_linprobe.py): a frozen feature feeds
 `BatchNorm1d(affine=False)` then a `Linear` layer, trained with cross-entropy, AdamW or SGD
 and a cosine learning-rate schedule over full passes (epochs), in mini-batches, on CPU or CUDA.
 
-Features come from `latentlab.analysis.stream.Features`, so a 1.28M x 4096 ImageNet store is
-streamed from its memory-mapped shards (chunks in a shuffled order, rows shuffled within a chunk).
+Features come through the stream adapter `latentlab.analysis.stream.Rows`, so a 1.28M x 4096 ImageNet
+store is streamed from its memory-mapped shards (chunks in a shuffled order, rows shuffled within a chunk).
 
 The `latentlab probe` pipeline (`run_probe`): linear probe + structure metrics per tokenizer -> probe.csv and probe.png.
 
@@ -28,7 +28,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from latentlab.analysis.stream import DEFAULT_MAX_BYTES, POOLS, Features, check_labels
+from latentlab.analysis.stream import DEFAULT_MAX_BYTES, POOLS, Rows, check_labels
 from latentlab.analysis.structure import cluster_scores, fisher_ratio, knn_accuracy, rankme
 from latentlab.data import stratified_split
 from latentlab.errors import LatentlabError
@@ -108,7 +108,7 @@ def _make_optimizer(model: nn.Module, cfg: ProbeConfig, lr: float) -> torch.opti
     return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=cfg.weight_decay)
 
 
-def train_probe(train: Features, num_classes: int, cfg: ProbeConfig | None = None,
+def train_probe(train: Rows, num_classes: int, cfg: ProbeConfig | None = None,
                 on_epoch: Callable[[int, float], None] | None = None) -> LinearProbe:
     """Train a LinearProbe on `train` (labels in [0, num_classes)); returns it in eval mode.
 
@@ -130,7 +130,7 @@ def train_probe(train: Features, num_classes: int, cfg: ProbeConfig | None = Non
     for epoch in bar:
         model.train()
         loss_sum, count = torch.zeros((), device=device), 0
-        for x, y in train.chunks(rng):
+        for x, y in train.batches(rng=rng, labels=True):
             perm = torch.randperm(len(x), generator=gen)
             if x.device != torch.device("cpu"):
                 perm = perm.to(x.device)
@@ -160,12 +160,12 @@ def train_probe(train: Features, num_classes: int, cfg: ProbeConfig | None = Non
 
 
 @torch.no_grad()
-def predict_topk(model: LinearProbe, feats: Features, k: int = 5, batch_size: int = 8192) -> np.ndarray:
+def predict_topk(model: LinearProbe, feats: Rows, k: int = 5, batch_size: int = 8192) -> np.ndarray:
     """The top-k predicted classes of every row, (n, min(k, num_classes)) int64."""
     model.eval()
     device = next(model.parameters()).device
     out = []
-    for x, _ in feats.chunks(None):
+    for x in feats.batches():
         for i in range(0, len(x), batch_size):
             logits = model(x[i:i + batch_size].to(device, torch.float32))  # (B, K)
             out.append(logits.topk(min(k, logits.shape[1]), dim=1).indices.cpu())
@@ -177,7 +177,7 @@ def topk_accuracy(topk: np.ndarray, labels: np.ndarray, k: int) -> float:
     return float((topk[:, :k] == np.asarray(labels)[:, None]).any(1).mean())
 
 
-def linear_probe(train: Features, test: Features, num_classes: int, cfg: ProbeConfig | None = None,
+def linear_probe(train: Rows, test: Rows, num_classes: int, cfg: ProbeConfig | None = None,
                  on_epoch: Callable[[int, float], None] | None = None) -> dict:
     """Train on `train`, evaluate on `test`: {top1, top5 (NaN when <= 5 classes), final_loss}."""
     losses: list[float] = []
@@ -250,7 +250,7 @@ def gmm_nll_lookup(path: str | os.PathLike, k: int) -> dict[str, float]:
     return {str(t): float(v) for t, v in zip(at_k["tokenizer"], at_k["heldout_nll"])}
 
 
-def split_features(tok: TokenizerLatents, cfg: DiscriminabilityConfig) -> tuple[Features, Features, str]:
+def split_features(tok: TokenizerLatents, cfg: DiscriminabilityConfig) -> tuple[Rows, Rows, str]:
     """(train, eval, eval_split): the test store when there is one, else a seeded stratified holdout."""
     max_bytes = int(cfg.max_memory_gb * 2**30)
     labels = check_labels(tok.train, f"tokenizer {tok.name!r} ({tok.train.path})")
@@ -259,14 +259,14 @@ def split_features(tok: TokenizerLatents, cfg: DiscriminabilityConfig) -> tuple[
         if tok.test.sample_shape != tok.train.sample_shape:
             raise LatentlabError(f"tokenizer {tok.name!r}: train latents are {tok.train.sample_shape} but test latents "
                                  f"are {tok.test.sample_shape}; extract both with the same tokenizer")
-        return (Features(tok.train, pool=cfg.pool, max_bytes=max_bytes),
-                Features(tok.test, pool=cfg.pool, max_bytes=max_bytes), "test")
+        return (Rows(tok.train, pool=cfg.pool, max_bytes=max_bytes),
+                Rows(tok.test, pool=cfg.pool, max_bytes=max_bytes), "test")
     tr, te = stratified_split(labels, cfg.holdout_fraction, cfg.probe.seed)
     if len(te) == 0 or len(tr) == 0:
         raise LatentlabError(f"tokenizer {tok.name!r} has too few samples ({len(labels)}) for a "
                              f"{cfg.holdout_fraction:.0%} holdout; add a test store")
-    return (Features(tok.train, tr, cfg.pool, max_bytes), Features(tok.train, te, cfg.pool, max_bytes),
-            f"holdout-{round(cfg.holdout_fraction * 100)}%")
+    return (Rows(tok.train, tr, pool=cfg.pool, max_bytes=max_bytes),
+            Rows(tok.train, te, pool=cfg.pool, max_bytes=max_bytes), f"holdout-{round(cfg.holdout_fraction * 100)}%")
 
 
 def discriminability_row(tok: TokenizerLatents, cfg: DiscriminabilityConfig,

@@ -1,7 +1,7 @@
 """Structure metrics of labelled latents: how well classes separate, and how many directions are used.
 
-Each metric names its source. All of them take `Features` (in memory or streamed from a store)
-so that they run on the same pooled latents as the linear probe.
+Each metric names its source. All of them take labelled `Rows` (the stream adapter: in memory or
+streamed from a store) so that they run on the same pooled latents as the linear probe.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from latentlab.analysis.stream import Features
+from latentlab.analysis.stream import Rows
 from latentlab.errors import LatentlabError
 from latentlab.utils import get_device
 
@@ -18,7 +18,7 @@ RANKME_EPS = 1e-7  # Garrido et al. 2023, eq. (1)
 
 
 @torch.no_grad()
-def knn_accuracy(bank: Features, queries: Features, num_classes: int, k: int = 20, temperature: float = 0.07,
+def knn_accuracy(bank: Rows, queries: Rows, num_classes: int, k: int = 20, temperature: float = 0.07,
                  device: str | torch.device | None = "cpu", query_batch: int = 1024, bank_block: int = 16384) -> dict:
     """Weighted kNN classification accuracy, as in DINO (Caron et al., "Emerging Properties in
     Self-Supervised Vision Transformers", ICCV 2021, eval_knn.py).
@@ -36,7 +36,7 @@ def knn_accuracy(bank: Features, queries: Features, num_classes: int, k: int = 2
     nq = q.shape[0]
     best_sim = torch.full((nq, k), -float("inf"), device=device)  # (Q, k)
     best_lab = torch.zeros((nq, k), dtype=torch.long, device=device)  # (Q, k)
-    for xb, yb in bank.chunks(None):
+    for xb, yb in bank.batches(labels=True):
         for j in range(0, len(xb), bank_block):
             b = F.normalize(xb[j:j + bank_block].to(device, torch.float32), dim=1)  # (M, D)
             by = yb[j:j + bank_block].to(device)  # (M,)
@@ -56,14 +56,14 @@ def knn_accuracy(bank: Features, queries: Features, num_classes: int, k: int = 2
     return {"top1": float(hit[:, 0].mean()), "top5": float(hit.any(1).mean()) if num_classes > 5 else float("nan")}
 
 
-def cluster_scores(feats: Features, max_samples: int = 5000, seed: int = 0) -> dict:
+def cluster_scores(feats: Rows, max_samples: int = 5000, seed: int = 0) -> dict:
     """Silhouette (Rousseeuw 1987), Calinski-Harabasz (1974) and Davies-Bouldin (1979) scores of the
     class labels, via scikit-learn, on at most `max_samples` rows drawn uniformly with `seed`."""
     from sklearn.metrics import calinski_harabasz_score, davies_bouldin_score, silhouette_score
 
     rng = np.random.default_rng(seed)
-    rows = np.arange(feats.n) if feats.n <= max_samples else rng.choice(feats.n, max_samples, replace=False)
-    x, y = feats.take(rows)
+    rows = np.arange(feats.n) if feats.n <= max_samples else np.sort(rng.choice(feats.n, max_samples, replace=False))
+    x, y = feats.take(rows).cpu().numpy(), feats.labels[rows]
     n_lab = len(np.unique(y))
     if n_lab < 2 or n_lab >= len(y):
         raise LatentlabError(f"cluster scores need 2 <= classes < samples (got {n_lab} classes in {len(y)} rows); "
@@ -74,7 +74,7 @@ def cluster_scores(feats: Features, max_samples: int = 5000, seed: int = 0) -> d
             "davies_bouldin": float(davies_bouldin_score(x, y))}
 
 
-def fisher_ratio(feats: Features) -> float:
+def fisher_ratio(feats: Rows) -> float:
     """Fisher discriminant ratio tr(S_B) / tr(S_W) (Fisher 1936; the trace criterion of
     Fukunaga, "Introduction to Statistical Pattern Recognition", 1990, ch. 10).
 
@@ -85,12 +85,12 @@ def fisher_ratio(feats: Features) -> float:
     sums: dict[int, np.ndarray] = {}
     counts: dict[int, int] = {}
     sq = 0.0
-    for x, y in feats.chunks(None):
+    for x, y in feats.batches(labels=True):
         x = x.cpu().numpy().astype(np.float64)
         if shift is None:
             shift = x.mean(0)
         x -= shift  # (m, D)
-        y = y.numpy()
+        y = y.cpu().numpy()
         sq += float(np.einsum("ij,ij->", x, x))
         for c in np.unique(y):
             m = y == c
@@ -107,7 +107,7 @@ def fisher_ratio(feats: Features) -> float:
 
 
 @torch.no_grad()
-def rankme(feats: Features, max_samples: int = 25600, seed: int = 0,
+def rankme(feats: Rows, max_samples: int = 25600, seed: int = 0,
            device: str | torch.device | None = "cpu") -> float:
     """Effective rank RankMe (Garrido, Balestriero, Najman, LeCun, "RankMe: Assessing the Downstream
     Performance of Pretrained Self-Supervised Representations by Their Rank", ICML 2023, eq. 1):
@@ -119,8 +119,7 @@ def rankme(feats: Features, max_samples: int = 25600, seed: int = 0,
     device = get_device(device)
     rng = np.random.default_rng(seed)
     rows = np.arange(feats.n) if feats.n <= max_samples else np.sort(rng.choice(feats.n, max_samples, replace=False))
-    x, _ = feats.take(rows)
-    x = torch.from_numpy(x).to(device, torch.float64)  # (n, D)
+    x = feats.take(rows).to(device, torch.float64)  # (n, D)
     gram = x.T @ x if x.shape[0] >= x.shape[1] else x @ x.T  # (r, r), r = min(n, D)
     ev = torch.linalg.eigvalsh(gram).clamp_min(0)
     sigma = ev.sqrt()

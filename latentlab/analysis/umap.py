@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from latentlab.analysis.pca import PCA
-from latentlab.analysis.stream import POOLS, Features, check_labels
+from latentlab.analysis.stream import POOLS, Rows, check_labels
 from latentlab.errors import LatentlabError
 from latentlab.extract import TokenizerLatents, check_finite
 from latentlab.io import save_csv
@@ -64,7 +64,7 @@ def _embed_one(tok: TokenizerLatents, cfg: UmapConfig):
     if len(labels) < cfg.n:
         warn(f"tokenizer {tok.name!r} has {len(labels)} samples, fewer than --n {cfg.n}; using all of them")
     idx = balanced_subsample(labels, cfg.n, cfg.seed)
-    x, y = Features(tok.train, idx, cfg.pool).load()  # (n, D)
+    x, y = Rows(tok.train, idx, pool=cfg.pool).load()  # (n, D)
     if len(x) < 4:
         raise LatentlabError(f"tokenizer {tok.name!r}: UMAP needs at least 4 samples, got {len(x)}")
     k = min(cfg.pca_dim, x.shape[1], len(x) - 1)

@@ -1,8 +1,8 @@
-"""Data sources for streamed EM: arrays, tensors and LatentStores as float32 chunks, plus k-means init.
+"""The data of streamed EM (shifted chunks of the stream adapter's rows), plus k-means init.
 
 A source always describes the *full* data set. Under torch.distributed each rank streams its
-contiguous 1/world_size part (`chunks(shard=True)`); rows needed by every rank alike (the shift,
-initial seeds) are read from the full data, so all ranks compute the same values.
+contiguous part (`chunks(shard=True)`, split by `utils.rank_range`); rows needed by every rank
+alike (the shift, initial seeds) are read from the full data, so all ranks compute the same values.
 """
 
 from __future__ import annotations
@@ -13,9 +13,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from latentlab.errors import LatentlabError
-from latentlab.latents import LatentStore, count_nonfinite_rows
-from latentlab.utils import all_reduce_, rank, world_size
+from latentlab.analysis.stream import Rows
+from latentlab.utils import all_reduce_
 
 SHIFT_ROWS = 4096          # rows whose float64 mean becomes the working origin
 KMEANS_SEED_ROWS = 100_000  # k-means++ seeds are drawn from a random subsample of at most this many rows
@@ -24,72 +23,23 @@ KMEANS_TOL = 1e-4          # as sklearn: on the squared centre shift, relative t
 
 
 class Source:
-    """Full data set `(n, dim)` from a numpy array, a torch tensor or a LatentStore (optionally `indices`)."""
+    """The full data set `(n, dim)` of a fit, read through the stream adapter, with a working origin on a device."""
 
     def __init__(self, data, device: torch.device, indices: np.ndarray | None = None):
         self.device = device
-        self.store = data if isinstance(data, LatentStore) else None
-        if self.store is not None:
-            self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
-            self.n = len(self.store) if self.indices is None else len(self.indices)
-            self.dim = self.store.dim
-        else:
-            if isinstance(data, torch.Tensor):
-                x = data.detach()
-                if x.dtype not in (torch.float16, torch.bfloat16, torch.float32, torch.float64):
-                    x = x.float()
-            else:
-                x = np.asarray(data)
-                if not np.issubdtype(x.dtype, np.number):
-                    raise LatentlabError(f"data of dtype {x.dtype} cannot be fitted; pass a float array")
-                if x.dtype not in (np.float16, np.float32, np.float64):
-                    x = x.astype(np.float64)
-            if x.ndim == 1:
-                raise LatentlabError(f"expected a 2-D array (n_samples, n_features), got shape {tuple(x.shape)}; "
-                                     "reshape 1-D data with x.reshape(-1, 1)")
-            x = x.reshape(x.shape[0], -1)
-            if indices is not None:
-                x = x[torch.as_tensor(indices) if isinstance(x, torch.Tensor) else np.asarray(indices)]
-            self.x = x
-            self.indices = None
-            self.n, self.dim = int(x.shape[0]), int(x.shape[1])
+        self.data = Rows(data, indices)
+        self.n, self.dim = self.data.n, self.data.dim
         self.shift = torch.zeros(self.dim, dtype=torch.float64, device=device)
         self.shift32 = self.shift.float()
 
-    # ------------------------------------------------------------ raw reads (float64, unshifted)
     def rows(self, idx: np.ndarray) -> torch.Tensor:
         """Rows at global positions `idx` as float64 (m, dim) on the device (not shifted)."""
-        idx = np.asarray(idx, dtype=np.int64)
-        if self.store is not None:
-            src = idx if self.indices is None else self.indices[idx]
-            order = np.argsort(src, kind="stable")
-            out = np.empty((len(src), self.dim), dtype=np.float64)
-            out[order] = self.store.take(src[order], flatten=True, dtype=np.float64)
-            return torch.from_numpy(out).to(self.device)
-        if isinstance(self.x, torch.Tensor):
-            return self.x[torch.as_tensor(idx, device=self.x.device)].to(self.device, torch.float64)
-        return torch.from_numpy(np.asarray(self.x[idx], dtype=np.float64)).to(self.device)
-
-    def part(self, shard: bool) -> tuple[int, int]:
-        """The [lo, hi) rows (of the full data, or of `indices`) this rank streams."""
-        if not shard or world_size() == 1:
-            return 0, self.n
-        per = -(-self.n // world_size())
-        return min(self.n, rank() * per), min(self.n, (rank() + 1) * per)
+        return self.data.take(idx).to(self.device, torch.float64)
 
     def chunks(self, batch_size: int, shard: bool = True, dtype: torch.dtype = torch.float32
                ) -> Iterator[torch.Tensor]:
-        """Shifted chunks (b, dim) of `dtype` on the device; this rank's part when `shard`."""
-        if self.store is not None:
-            rk, ws = (rank(), world_size()) if shard else (0, 1)
-            raws = (b for b, _ in self.store.batches(batch_size, flatten=True, dtype=np.float32,
-                                                      indices=self.indices, rank=rk, world_size=ws))
-        else:
-            lo, hi = self.part(shard)
-            raws = (self.x[i:min(i + batch_size, hi)] for i in range(lo, hi, batch_size))
-        for raw in raws:
-            x = raw if isinstance(raw, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(raw))
-            x = x.to(self.device, non_blocking=True)
+        """The adapter's batches (this rank's part when `shard`), shifted, as `dtype` (b, dim) on the device."""
+        for x in self.data.batches(batch_size, shard=shard, device=self.device):
             if x.dtype == torch.float64 or dtype == torch.float64:
                 yield (x.double() - self.shift).to(dtype)  # (b, D)
             else:
@@ -99,15 +49,6 @@ class Source:
         """Use the float64 mean of the first rows as the working origin (keeps float32 products accurate)."""
         self.shift = self.rows(np.arange(min(self.n, SHIFT_ROWS))).mean(0)  # (D,)
         self.shift32 = self.shift.float()
-
-    def count_nonfinite(self) -> int:
-        """Rows holding NaN or inf."""
-        if self.store is not None:
-            return sum(count_nonfinite_rows(x)
-                       for x, _ in self.store.batches(65536, flatten=True, dtype=None, indices=self.indices))
-        if isinstance(self.x, torch.Tensor):
-            return int((~torch.isfinite(self.x)).any(1).sum())
-        return count_nonfinite_rows(self.x)
 
 
 # ---------------------------------------------------------------- k-means initialisation

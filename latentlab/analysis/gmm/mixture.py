@@ -162,7 +162,7 @@ class GaussianMixture:
                                f"but got n_components = {self.n_components}, n_samples = {src.n}")
         elif hasattr(self, "means_") and src.dim != self.means_.shape[1]:
             raise GMMError(f"X has {src.dim} features, but the mixture was fitted with {self.means_.shape[1]}")
-        bad = src.count_nonfinite()
+        bad = src.data.count_nonfinite()
         if bad:
             raise GMMError(f"{bad} of {src.n} input rows contain NaN or inf; clean or drop them first")
         src.set_shift()
