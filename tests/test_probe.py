@@ -7,9 +7,10 @@ import pytest
 
 from conftest import run_cli
 from latentlab.analysis.stream import DEFAULT_MAX_BYTES, Rows, check_labels, pool_features
-from latentlab.analysis.probe import ProbeConfig, cosine_lr, linear_probe
+from latentlab.analysis.probe import ProbeConfig, linear_probe, lr_schedule
 from latentlab.errors import LatentlabError
 from latentlab.latents import LatentStore
+from latentlab.trainer import get_lr
 
 
 def gaussian_classes(rng, n, d, k, sep):
@@ -89,9 +90,12 @@ def test_mean_pool_and_labels_checks(tmp_path, rng):
 
 
 def test_cosine_schedule_closed_form():
-    assert cosine_lr(1.0, 0.0) == 1.0 and cosine_lr(1.0, 1.0) == pytest.approx(0.0)
-    assert cosine_lr(2.0, 0.5) == pytest.approx(1.0)
-    assert cosine_lr(1.0, 0.05, warmup_frac=0.1) == pytest.approx(0.5)
+    """The probe's schedule is the trainer's get_lr counted in rows seen (here 1000 rows = 1 or 10 epochs)."""
+    one = lr_schedule(ProbeConfig(epochs=1), 1.0, 1000)
+    assert get_lr(0, one) == 1.0 and get_lr(1000, one) == pytest.approx(0.0)
+    assert get_lr(500, lr_schedule(ProbeConfig(epochs=1), 2.0, 1000)) == pytest.approx(1.0)
+    warm = lr_schedule(ProbeConfig(epochs=10, warmup_epochs=1.0), 1.0, 100)  # 100 warm-up rows of 1000
+    assert get_lr(49, warm) == pytest.approx(0.5)  # half-way through warm-up (the trainer counts step + 1)
 
 
 # ---------------------------------------------------------------- CLI

@@ -1,11 +1,10 @@
-"""The SiT model: shapes for both layouts, adaLN-Zero init, sin-cos tables, presets."""
+"""The SiT model: shapes for both layouts, adaLN-Zero init, presets (sin-cos tables: test_tokenizers)."""
 
-import numpy as np
 import pytest
 import torch
 
 from latentlab.errors import LatentlabError
-from latentlab.sit.model import SIT_MODELS, SiT, SiTConfig, sincos_1d, sincos_2d, sit_config, token_patch_for
+from latentlab.sit.model import SIT_MODELS, SiT, SiTConfig, sit_config, token_patch_for
 
 
 def test_token_and_grid_shapes_and_zero_init():
@@ -36,19 +35,6 @@ def test_grid_patchify_roundtrip():
     patches = torch.stack([x[:, :, 2 * i:2 * i + p, 2 * j:2 * j + p].permute(0, 2, 3, 1).reshape(2, -1)
                            for i in range(2) for j in range(3)], 1)  # (N, h*w, p*p*C)
     assert torch.equal(m.embed.unembed(patches), x)
-
-
-def test_sincos_tables_against_formula():
-    pos = np.arange(5)
-    tab = sincos_1d(8, pos)
-    for i in range(4):
-        w = 1.0 / 10000 ** (i / 4)
-        assert np.allclose(tab[:, i], np.sin(pos * w)) and np.allclose(tab[:, 4 + i], np.cos(pos * w))
-    t2 = sincos_2d(8, 3, 4)
-    assert t2.shape == (12, 8)
-    # row half depends only on the row, column half only on the column
-    assert np.allclose(t2[0, :4], t2[3, :4]) and np.allclose(t2[0, 4:], t2[4, 4:])
-    assert len({tuple(r) for r in np.round(t2, 6)}) == 12
 
 
 def test_presets_match_paper_parameter_counts():

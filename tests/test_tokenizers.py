@@ -1,4 +1,5 @@
-"""Tokenizers: interface for every kind, MAETok masking and auxiliary loss, HOG, RoPE, VA-VAE loss, training stages."""
+"""Tokenizers: interface for every kind, MAETok masking and auxiliary loss, HOG, RoPE, sin-cos tables, VA-VAE loss,
+training stages."""
 
 import json
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from latentlab.io import load_safetensors
-from latentlab.tokenizers.blocks import apply_rope, rope_2d
+from latentlab.tokenizers.blocks import apply_rope, rope_2d, sincos_1d, sincos_2d
 from latentlab.tokenizers.losses import masked_mse, vf_loss
 from latentlab.tokenizers.models import random_mask
 from latentlab.tokenizers.targets import HOGTarget, hog_cells, sobel
@@ -206,3 +207,16 @@ def test_torchscript_teacher_and_absent_teachers(tmp_path):
     for spec in ("dinov2", "clip", "siglip:/nowhere/weights.bin"):
         with pytest.raises(LatentlabError, match="pip install|weights"):
             make_target(spec, 2, 1, 8)
+
+
+def test_sincos_tables_against_formula():
+    pos = np.arange(5)
+    tab = sincos_1d(8, pos).numpy()
+    for i in range(4):
+        w = 1.0 / 10000 ** (i / 4)
+        assert np.allclose(tab[:, i], np.sin(pos * w)) and np.allclose(tab[:, 4 + i], np.cos(pos * w))
+    t2 = sincos_2d(8, 3, 4).numpy()
+    assert t2.shape == (12, 8)
+    # row half depends only on the row, column half only on the column
+    assert np.allclose(t2[0, :4], t2[3, :4]) and np.allclose(t2[0, 4:], t2[4, 4:])
+    assert len({tuple(r) for r in np.round(t2, 6)}) == 12

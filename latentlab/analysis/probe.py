@@ -1,7 +1,8 @@
 """Linear probing of frozen latents, the MAE protocol (He et al., "Masked Autoencoders Are
 Scalable Vision Learners", CVPR 2022, main_linprobe.py): a frozen feature feeds
 `BatchNorm1d(affine=False)` then a `Linear` layer, trained with cross-entropy, AdamW or SGD
-and a cosine learning-rate schedule over full passes (epochs), in mini-batches, on CPU or CUDA.
+and the trainer's cosine learning-rate schedule (`trainer.get_lr`, counted in rows seen) over
+full passes (epochs), in mini-batches, on CPU or CUDA.
 
 Features come through the stream adapter `latentlab.analysis.stream.Rows`, so a 1.28M x 4096 ImageNet
 store is streamed from its memory-mapped shards (chunks in a shuffled order, rows shuffled within a chunk).
@@ -35,7 +36,8 @@ from latentlab.errors import LatentlabError
 from latentlab.extract import TokenizerLatents, check_finite
 from latentlab.io import save_csv
 from latentlab.plots.probe import plot_probe
-from latentlab.utils import get_device, info, progress
+from latentlab.trainer import TrainConfig, get_lr
+from latentlab.utils import get_device, info, progress, torch_seeded
 
 OPTIMIZERS = ("adamw", "sgd")
 
@@ -86,12 +88,10 @@ def default_lr(cfg: ProbeConfig, batch_size: int | None = None) -> float:
     return 1e-2 if cfg.optimizer == "adamw" else 0.1 * (batch_size or cfg.batch_size) / 256
 
 
-def cosine_lr(base: float, progress_frac: float, warmup_frac: float = 0.0) -> float:
-    """Linear warmup to `base`, then half-cosine decay to 0, as a function of training progress in [0, 1]."""
-    if warmup_frac > 0 and progress_frac < warmup_frac:
-        return base * progress_frac / warmup_frac
-    t = (progress_frac - warmup_frac) / max(1e-12, 1.0 - warmup_frac)
-    return base * 0.5 * (1.0 + math.cos(math.pi * min(1.0, t)))
+def lr_schedule(cfg: ProbeConfig, base: float, n: int) -> TrainConfig:
+    """The probe's schedule for `trainer.get_lr`, counted in rows seen: linear warm-up over
+    `warmup_epochs` passes of `n` rows, then a half cosine to 0 at the end of the last pass."""
+    return TrainConfig(steps=max(1, cfg.epochs * n), lr=base, warmup_steps=cfg.warmup_epochs * n, min_lr_ratio=0.0)
 
 
 def _check(cfg: ProbeConfig) -> None:
@@ -117,15 +117,15 @@ def train_probe(train: Rows, num_classes: int, cfg: ProbeConfig | None = None,
     cfg = cfg or ProbeConfig()
     _check(cfg)
     device = get_device(cfg.device)
-    torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = LinearProbe(train.dim, num_classes).to(device)
+    with torch_seeded(cfg.seed):
+        model = LinearProbe(train.dim, num_classes).to(device)
     bs = effective_batch_size(cfg, train.n)
     base = default_lr(cfg, bs)
     opt = _make_optimizer(model, cfg, base)
-    warm = cfg.warmup_epochs / cfg.epochs
-    seen, total = 0, cfg.epochs * train.n
+    schedule = lr_schedule(cfg, base, train.n)
+    seen = 0
     bar = progress(range(cfg.epochs), desc="probe epochs", total=cfg.epochs)
     for epoch in bar:
         model.train()
@@ -142,7 +142,7 @@ def train_probe(train: Rows, num_classes: int, cfg: ProbeConfig | None = None,
                 xb = torch.index_select(x, 0, idx).to(device, torch.float32, non_blocking=True)  # (B, D)
                 yb = torch.index_select(y, 0, idx.to(y.device)).to(device, non_blocking=True)  # (B,)
                 for g in opt.param_groups:
-                    g["lr"] = cosine_lr(base, seen / total, warm)
+                    g["lr"] = get_lr(seen, schedule)
                 loss = nn.functional.cross_entropy(model(xb), yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

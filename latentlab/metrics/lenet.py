@@ -25,7 +25,7 @@ from latentlab.data import get_dataset
 from latentlab.errors import LatentlabError
 from latentlab.io import atomic_dir, file_hash, load_json, load_safetensors, obj_hash, save_json, save_safetensors
 from latentlab.metrics.images import fit_images
-from latentlab.utils import info, progress
+from latentlab.utils import info, progress, torch_seeded
 
 
 MIN_SIZE = 16
@@ -124,8 +124,7 @@ def _train(dataset: str, image_size: int | None, cfg: LeNetConfig) -> tuple[LeNe
     xt, yt = test.get_batch(np.arange(len(test)))
     x, xt = fit_images(x, None, size), fit_images(xt, None, size)   # small images are upsampled, as at use
     gen = torch.Generator().manual_seed(cfg.seed)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(cfg.seed)
+    with torch_seeded(cfg.seed):
         model = LeNet(train.channels, train.num_classes, size, cfg.width, cfg.feature_dim)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     per_epoch = (n + cfg.batch_size - 1) // cfg.batch_size

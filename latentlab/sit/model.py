@@ -24,7 +24,7 @@ import torch.nn as nn
 
 from latentlab.config import from_dict
 from latentlab.errors import LatentlabError
-from latentlab.tokenizers.blocks import Attention, Mlp, PatchEmbed, unpatchify
+from latentlab.tokenizers.blocks import Attention, Mlp, PatchEmbed, sincos_1d, sincos_2d, unpatchify
 
 LAYOUTS = ("tokens", "grid")
 
@@ -43,25 +43,6 @@ class SiTConfig:
     layout: str = "tokens"
     num_classes: int = 10         # 0 = unconditional (only the null class exists)
     time_scale: float = 1000.0    # t in [0, 1] is scaled by this before the sinusoidal embedding
-
-
-# ---------------------------------------------------------------- sin-cos position tables
-
-def sincos_1d(dim: int, positions: np.ndarray) -> np.ndarray:
-    """(P,) positions -> (P, dim) table of [sin, cos] at geometric frequencies (MAE/DiT)."""
-    if dim % 2:
-        raise LatentlabError(f"sin-cos embedding needs an even width, got {dim}")
-    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))  # (dim/2,)
-    out = np.outer(positions.reshape(-1).astype(np.float64), omega)               # (P, dim/2)
-    return np.concatenate([np.sin(out), np.cos(out)], axis=1)                     # (P, dim)
-
-
-def sincos_2d(dim: int, h: int, w: int) -> np.ndarray:
-    """(h*w, dim) table: half the width encodes the row, half the column."""
-    if dim % 4:
-        raise LatentlabError(f"2D sin-cos embedding needs a width divisible by 4, got {dim}")
-    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")  # (h, w) each
-    return np.concatenate([sincos_1d(dim // 2, rows), sincos_1d(dim // 2, cols)], axis=1)  # (h*w, dim)
 
 
 # ---------------------------------------------------------------- conditioning embedders
@@ -107,7 +88,7 @@ class TokenEmbed(nn.Module):
         super().__init__()
         self.t, self.c, self.p = tokens, channels, patch
         self.proj = nn.Linear(patch * channels, hidden_size)
-        pos = torch.from_numpy(sincos_1d(hidden_size, np.arange(tokens // patch))).float()[None]  # (1, T/p, D)
+        pos = sincos_1d(hidden_size, np.arange(tokens // patch))[None]  # (1, T/p, D)
         self.register_buffer("pos", pos, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -126,7 +107,7 @@ class GridEmbed(nn.Module):
         super().__init__()
         self.c, self.p, self.h, self.w = channels, patch, height, width
         self.patch = PatchEmbed(channels, hidden_size, patch)
-        pos = torch.from_numpy(sincos_2d(hidden_size, height // patch, width // patch)).float()[None]  # (1, L, D)
+        pos = sincos_2d(hidden_size, height // patch, width // patch)[None]  # (1, L, D)
         self.register_buffer("pos", pos, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -38,7 +38,7 @@ from latentlab.sit.model import SiT, sit_config, token_patch_for
 from latentlab.sit.transport import (TimeSampling, drop_labels, flow_loss, interpolate, parse_enum, per_sample_mse,
                                      sample_t, target_velocity)
 from latentlab.trainer import TrainConfig, TrainTask, index_batch, train, unwrap
-from latentlab.utils import derive_seed
+from latentlab.utils import derive_seed, torch_seeded
 
 NORMALIZATIONS = ("channel", "global", "none")
 
@@ -296,8 +296,8 @@ def build_sit_task(tokenizer, cfg: SiTTrainConfig, dataset: str | None = None) -
     overrides = dict(cfg.model_overrides)
     if train_store.layout == "tokens" and "token_patch" not in overrides:
         overrides["token_patch"] = token_patch_for(train_store.sample_shape[0], cfg.max_tokens)
-    torch.manual_seed(tcfg.seed)  # the initial weights depend on the seed only
-    model = SiT(sit_config(cfg.model, train_store.sample_shape, train_store.layout, num_classes, overrides))
+    with torch_seeded(tcfg.seed):  # the initial weights depend on the seed only
+        model = SiT(sit_config(cfg.model, train_store.sample_shape, train_store.layout, num_classes, overrides))
     model.check_shape(train_store.sample_shape, train_store.layout, f"latents in {train_store.path}")
     if test_store is not None:
         model.check_shape(test_store.sample_shape, test_store.layout, f"latents in {test_store.path}")

@@ -1,10 +1,13 @@
-"""Transformer building blocks: patch embedding, 2D RoPE, attention (SDPA), MLP, pre-norm blocks."""
+"""Transformer building blocks: patch embedding, 2D RoPE, attention (SDPA), MLP, pre-norm blocks, sin-cos position tables."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from latentlab.errors import LatentlabError
 
 
 def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
@@ -120,10 +123,24 @@ class Transformer(nn.Module):
         return self.norm(x)
 
 
-def sincos_2d(grid: int, dim: int) -> torch.Tensor:
-    """Fixed 2D sin-cos position table (grid*grid, dim): half the channels for rows, half for columns."""
-    q = dim // 4
-    freqs = 1.0 / (10000 ** (torch.arange(q, dtype=torch.float32) / q))  # (q,)
-    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32), indexing="ij")
-    parts = [f(c.reshape(-1, 1) * freqs) for c in (ys, xs) for f in (torch.sin, torch.cos)]
-    return torch.cat(parts, dim=1)  # (grid*grid, 4q)
+def _sincos(dim: int, positions: np.ndarray) -> np.ndarray:
+    """(P,) positions -> (P, dim) float64 [sin, cos] at frequencies 1 / 10000^(i / (dim/2)), as DiT and MAE."""
+    if dim % 2:
+        raise LatentlabError(f"sin-cos embedding needs an even width, got {dim}")
+    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))  # (dim/2,)
+    out = np.outer(np.asarray(positions).reshape(-1).astype(np.float64), omega)  # (P, dim/2)
+    return np.concatenate([np.sin(out), np.cos(out)], axis=1)  # (P, dim)
+
+
+def sincos_1d(dim: int, positions: np.ndarray) -> torch.Tensor:
+    """Fixed 1D sin-cos position table (P, dim) float32 for positions (P,), computed in float64."""
+    return torch.from_numpy(_sincos(dim, positions)).float()
+
+
+def sincos_2d(dim: int, h: int, w: int) -> torch.Tensor:
+    """Fixed 2D sin-cos position table (h*w, dim) float32, computed in float64: half the width encodes the row,
+    half the column."""
+    if dim % 4:
+        raise LatentlabError(f"2D sin-cos embedding needs a width divisible by 4, got {dim}")
+    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")  # (h, w) each
+    return torch.from_numpy(np.concatenate([_sincos(dim // 2, rows), _sincos(dim // 2, cols)], axis=1)).float()

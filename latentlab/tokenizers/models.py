@@ -126,7 +126,7 @@ class Encoder(nn.Module):
         self.latent_tokens = nn.Parameter(0.02 * torch.randn(cfg.num_tokens, cfg.width)) if cfg.learnable_tokens else None
         self.mask_token = nn.Parameter(torch.zeros(1, 1, cfg.width)) if use_mask_token else None
         self.transformer = Transformer(cfg.width, cfg.depth, cfg.heads, cfg.mlp_ratio)
-        self.register_buffer("pos", sincos_2d(cfg.grid, cfg.width), persistent=False)  # (N, D)
+        self.register_buffer("pos", sincos_2d(cfg.width, cfg.grid, cfg.grid), persistent=False)  # (N, D)
         self.out = nn.Linear(cfg.width, out_dim)  # the encoder's last layer (adaptive weights use it)
 
     def embed(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -161,7 +161,7 @@ class Decoder(nn.Module):
         self.token_pos = nn.Parameter(0.02 * torch.randn(cfg.num_tokens, width))
         self.mask_token = nn.Parameter(0.02 * torch.randn(1, 1, width))
         self.transformer = Transformer(width, depth, cfg.heads, cfg.mlp_ratio)
-        self.register_buffer("pos", sincos_2d(cfg.grid, width), persistent=False)  # (N, W)
+        self.register_buffer("pos", sincos_2d(width, cfg.grid, cfg.grid), persistent=False)  # (N, W)
         self.out = nn.Linear(width, out_dim)  # the decoder's last layer
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:

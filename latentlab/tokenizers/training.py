@@ -22,6 +22,7 @@ from latentlab.io import atomic_path, file_hash, load_json, load_run_weights
 from latentlab.metrics.recon import psnr, to_unit
 from latentlab.tokenizers.models import AETokenizer, TokenizerConfig, build_tokenizer
 from latentlab.trainer import TrainConfig, TrainTask, index_batch, train
+from latentlab.utils import torch_seeded
 
 # Tokenizer training defaults (override any TrainConfig field under `train:` or on the command line).
 TRAIN_DEFAULTS = dict(steps=1000, batch_size=32, lr=2e-3, weight_decay=0.0, warmup_steps=100, min_lr_ratio=0.05,
@@ -112,8 +113,8 @@ def build_run(cfg: TokenizerRunConfig) -> tuple[nn.Module, ImageDataset, ImageDa
         raise LatentlabError(f"the tokenizer expects {mdict.get('channels')}x{mdict.get('image_size')}px images but "
                              f"{cfg.dataset} has {train_ds.channels}x{train_ds.image_size}px; set --image-size or pick the dataset it was trained on")
     mcfg = from_dict(TokenizerConfig, mdict, "model config")
-    torch.manual_seed(cfg.train_config().seed)
-    model = build_tokenizer(mcfg)
+    with torch_seeded(cfg.train_config().seed):  # the initial weights depend on the seed only
+        model = build_tokenizer(mcfg)
     if init_info:
         load_run_weights(cfg.init, model, "ema")
         model.freeze_encoder()
