@@ -199,7 +199,8 @@ class Rows:
             block = max(1, min(self.block_rows, batch_size))
             starts = rng.permutation(np.arange(lo, hi, block))
             per = max(1, batch_size // block)
-            groups = [[(int(s), min(int(s) + block, hi)) for s in starts[g:g + per]] for g in range(0, len(starts), per)]
+            groups = [[(int(s), min(int(s) + block, hi)) for s in starts[g:g + per]]
+                      for g in range(0, len(starts), per)]
         y_all = None if not labels else torch.from_numpy(self.labels)
         for group in groups:
             parts = [self._span(a, b) for a, b in group]

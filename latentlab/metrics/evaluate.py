@@ -13,9 +13,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
+import pandas as pd
 import torch
 
 from latentlab.data import SPLITS, get_dataset, to_tensor, to_uint8
@@ -122,23 +123,31 @@ def fid(real: str, fake: str | ImageSet, cfg: MetricsConfig | None = None, out: 
     summary = fd_against(real, imgs.batches(cfg.batch_size), imgs.n, cfg, ext)
     summary["fake"] = imgs.describe()
     if out is not None:
-        _write_fid_outputs(summary, imgs, Path(out))
+        row = {"real": summary["real"].get("dataset", summary["real"].get("source")), "fake": imgs.source,
+               "n_real": summary["real"]["n"], "n_fake": summary["n_fake"], "extractor": summary["extractor"]["name"],
+               **_floats(summary)}
+        if "test_accuracy" in summary["extractor"]:
+            row["extractor_test_accuracy"] = summary["extractor"]["test_accuracy"]
+        shown = np.unique(np.linspace(0, imgs.n - 1, min(64, imgs.n)).round().astype(int))  # spread over the set
+        write_outputs(summary, Path(out), "fid", row,
+                      lambda: plot_samples(imgs.uint8(shown), Path(out) / "samples", title=str(imgs.source)))
     return summary
 
 
-def _write_fid_outputs(summary: dict, imgs: ImageSet, out: Path) -> None:
-    import pandas as pd
+def _floats(summary: dict) -> dict:
+    """The summary's float entries (the metric and its companions), for a one-row table."""
+    return {k: v for k, v in summary.items() if isinstance(v, float)}
 
-    row = {"real": summary["real"].get("dataset", summary["real"].get("source")), "fake": imgs.source,
-           "n_real": summary["real"]["n"], "n_fake": summary["n_fake"], "extractor": summary["extractor"]["name"],
-           **{k: v for k, v in summary.items() if isinstance(v, float)}}
-    if "test_accuracy" in summary["extractor"]:
-        row["extractor_test_accuracy"] = summary["extractor"]["test_accuracy"]
-    save_csv(pd.DataFrame([row]), out / "fid.csv")
-    save_json(summary, out / "fid.json")
-    shown = np.unique(np.linspace(0, imgs.n - 1, min(64, imgs.n)).round().astype(int))  # spread over the set
-    plot_samples(imgs.uint8(shown), out / "samples", title=str(imgs.source))
-    summary["files"] = {"csv": str(out / "fid.csv"), "json": str(out / "fid.json"), "figure": str(out / "samples.png")}
+
+def write_outputs(summary: dict, out: Path, name: str, row: dict, figure: Callable[[], Path],
+                  tables: dict[str, tuple[str, pd.DataFrame]] | None = None) -> None:
+    """The one writer of the metric commands: OUT/NAME.csv (`row`), further `tables` ({key: (file, frame)}),
+    OUT/NAME.json (`summary`) and the figure that `figure()` writes; their paths go into summary["files"]."""
+    files = {"csv": save_csv(pd.DataFrame([row]), out / f"{name}.csv")}
+    files.update({key: save_csv(df, out / file) for key, (file, df) in (tables or {}).items()})
+    files["json"] = save_json(summary, out / f"{name}.json")
+    files["figure"] = figure()
+    summary["files"] = {k: str(v) for k, v in files.items()}
 
 
 # ---------------------------------------------------------------- tokenizers: PSNR, SSIM, rFID
@@ -190,27 +199,15 @@ def eval_tokenizer(run: str | Path, cfg: MetricsConfig | None = None, out: str |
                "ssim": float(np.mean(ssim)), "ssim_std": float(np.std(ssim)),
                "ssim_sigma": ssim_sigma(ds.image_size, ds.image_size),
                "checkpoint_hash": info.get("checkpoint_hash"), "extractor": ext.describe()}
-    _write_recon_outputs(summary, psnr, ssim, ds.labels, shown, out)
-    return summary
-
-
-def _write_recon_outputs(summary: dict, psnr: np.ndarray, ssim: np.ndarray, labels: np.ndarray,
-                         shown: tuple[np.ndarray, np.ndarray], out: Path) -> None:
-    import pandas as pd
-
-    ext = summary["extractor"]
-    row = {k: summary[k] for k in ("tokenizer", "dataset", "split", "n", "psnr", "psnr_std", "ssim", "ssim_std", "ssim_sigma",
-                                   summary["metric"])}
-    row.update(extractor=ext["name"], extractor_test_accuracy=ext.get("test_accuracy"),
+    row = {k: summary[k] for k in ("tokenizer", "dataset", "split", "n", "psnr", "psnr_std", "ssim", "ssim_std",
+                                   "ssim_sigma", name)}
+    row.update(extractor=summary["extractor"]["name"], extractor_test_accuracy=summary["extractor"].get("test_accuracy"),
                checkpoint_hash=summary["checkpoint_hash"])
-    save_csv(pd.DataFrame([row]), out / "recon.csv")
-    save_csv(pd.DataFrame({"index": np.arange(len(psnr)), "label": labels[:len(psnr)], "psnr": psnr, "ssim": ssim}),
-             out / "recon_images.csv")
-    save_json(summary, out / "recon.json")
-    plot_recon_grid(*shown, out / "recon_grid",
-                    title=f"{summary['tokenizer']} on {summary['dataset']}:{summary['split']}")
-    summary["files"] = {k: str(out / f) for k, f in (("csv", "recon.csv"), ("per_image", "recon_images.csv"),
-                                                     ("json", "recon.json"), ("figure", "recon_grid.png"))}
+    per_image = pd.DataFrame({"index": np.arange(len(psnr)), "label": ds.labels[:len(psnr)], "psnr": psnr, "ssim": ssim})
+    write_outputs(summary, out, "recon", row,
+                  lambda: plot_recon_grid(*shown, out / "recon_grid", title=f"{summary['tokenizer']} on {dataset}:{split}"),
+                  {"per_image": ("recon_images.csv", per_image)})
+    return summary
 
 
 # ---------------------------------------------------------------- SiT: gFID
@@ -260,20 +257,10 @@ def eval_sit(run: str | Path, cfg: MetricsConfig | None = None, out: str | Path 
                          ext, prefix="g", image_size=prov.get("image_size"))
     summary.update(run=str(run), dataset=dataset, decoder=source, n=n,
                    sampling={k: getattr(cfg, k) for k in ("cfg", "steps", "sampler", "seed", "weights")})
-    _write_gfid_outputs(summary, shown[0], out)
+    row = {"run": summary["run"], "dataset": dataset, "n": n, **summary["sampling"], **_floats(summary),
+           "extractor": summary["extractor"]["name"], "extractor_test_accuracy": summary["extractor"].get("test_accuracy")}
+    metric = summary["metric"]
+    write_outputs(summary, out, "gfid", row,
+                  lambda: plot_samples(shown[0], out / "samples", title=f"{Path(run).name}: {metric} {summary[metric]:.2f}"))
     return summary
 
-
-def _write_gfid_outputs(summary: dict, samples: np.ndarray, out: Path) -> None:
-    import pandas as pd
-
-    ext = summary["extractor"]
-    row = {"run": summary["run"], "dataset": summary["dataset"], "n": summary["n"], **summary["sampling"],
-           **{k: v for k, v in summary.items() if isinstance(v, float)},
-           "extractor": ext["name"], "extractor_test_accuracy": ext.get("test_accuracy")}
-    save_csv(pd.DataFrame([row]), out / "gfid.csv")
-    save_json(summary, out / "gfid.json")
-    plot_samples(samples, out / "samples", title=f"{Path(summary['run']).name}: {summary['metric']} "
-                                                  f"{summary[summary['metric']]:.2f}")
-    summary["files"] = {k: str(out / f) for k, f in (("csv", "gfid.csv"), ("json", "gfid.json"),
-                                                     ("figure", "samples.png"))}

@@ -35,8 +35,7 @@ from latentlab.io import load_json, obj_hash, save_csv
 from latentlab.latents import LatentStore
 from latentlab.plots.sit import plot_heldout
 from latentlab.sit.model import SiT, sit_config, token_patch_for
-from latentlab.sit.transport import (TimeSampling, drop_labels, flow_loss, interpolate, parse_enum, per_sample_mse,
-                                     sample_t, target_velocity)
+from latentlab.sit.transport import TimeSampling, drop_labels, flow_loss, parse_enum, sample_t
 from latentlab.trainer import TrainConfig, TrainTask, index_batch, train, unwrap
 from latentlab.utils import derive_seed, torch_seeded
 
@@ -226,8 +225,7 @@ class SiTTask(TrainTask):
         eps = torch.randn((total, *x.shape[1:]), generator=g, device=x.device)[lo:lo + n]        # (B, *shape)
         y = drop_labels(torch.cat([y.new_zeros(lo), y, y.new_zeros(total - lo - n)]), self.cfg.label_dropout,
                         self.model.null_class, g)[lo:lo + n]                                        # (B,)
-        v = model(interpolate(x, eps, t), t, y)                                                    # (B, *shape)
-        loss = per_sample_mse(v, target_velocity(x, eps)).mean()
+        loss = flow_loss(lambda xt, tt: model(xt, tt, y), x, eps, t).mean()  # as the held-out loss, batch-averaged
         if step % self.tcfg.log_every == 0:
             self._sum, self._count = 0.0, 0
         self._sum += float(loss.detach())
