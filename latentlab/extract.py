@@ -37,7 +37,8 @@ import torch
 from latentlab.data import get_dataset
 from latentlab.errors import LatentlabError
 from latentlab.io import file_hash, load_json, workspace_root
-from latentlab.latents import LatentStore, count_nonfinite_rows, is_store, open_split
+from latentlab.latents import STORE_KIND, STORE_SET_KIND, LatentStore, count_nonfinite_rows, is_store, open_split
+from latentlab.outputs import check_output, output_dir
 from latentlab.tokenizers.external import load_autoencoder_kl
 from latentlab.tokenizers.training import load_tokenizer
 from latentlab.utils import get_device, is_main, progress, rank, rank_range, world_size
@@ -74,6 +75,7 @@ def extract(tokenizer: str | Path, dataset: str | None = None, split: str = "tra
         raise LatentlabError("give --out, the store directory to write")
     if batch_size < 1:
         raise LatentlabError("--batch-size must be >= 1")
+    check_output(out, STORE_KIND)  # before any work
     dev = get_device(device)
     model, info = open_tokenizer(tokenizer, weights, dev)
     dataset = dataset or info.get("dataset")
@@ -156,6 +158,7 @@ def _cached(path: Path, still_valid, build) -> LatentStore:
                 return store
         except LatentlabError:
             pass
+    path.parent.mkdir(parents=True, exist_ok=True)  # a cache: latentlab owns the folders above it
     return build()
 
 
@@ -212,6 +215,7 @@ def _load_npy(path: str | os.PathLike, what: str) -> np.ndarray:
 def import_arrays(latents: str | os.PathLike, labels: str | os.PathLike | None, out: str | os.PathLike,
                   name: str | None = None, split: str | None = None, dataset: str | None = None) -> LatentStore:
     """Store latents extracted elsewhere: X.npy of shape (N, T, C), (N, D) or (N, C, H, W), optional y.npy (N,)."""
+    check_output(out, STORE_KIND)  # before reading anything
     x = _load_npy(latents, "latents")
     if x.ndim not in (2, 3, 4):
         raise LatentlabError(f"latents must be (N, T, C), (N, D) or (N, C, H, W); {latents} has shape {x.shape}")
@@ -240,15 +244,15 @@ def import_arrays(latents: str | os.PathLike, labels: str | os.PathLike | None, 
 def import_pixels(dataset: str, out: str | os.PathLike, splits: tuple[str, ...] = ("train", "test"),
                   name: str = "pixels") -> dict[str, LatentStore]:
     """The "pixels" baseline tokenizer: raw images in [-1, 1] as (H*W, C) tokens, one store per split."""
-    stores = {}
     out = Path(out)
-    for split in splits:
-        ds = get_dataset(dataset, split)
-        x = torch_images_to_tokens(ds)
-        meta = {"name": name, "tokenizer": "pixels", "dataset": ds.name, "split": split,
-                "checkpoint_hash": None, "image_size": ds.image_size, "channels": ds.channels}
-        stores[split] = LatentStore.create(out / split, x, ds.labels, meta)
-    return stores
+    with output_dir(out, STORE_SET_KIND) as tmp:  # checked before any work; the set appears whole or not at all
+        for split in splits:
+            ds = get_dataset(dataset, split)
+            x = torch_images_to_tokens(ds)
+            meta = {"name": name, "tokenizer": "pixels", "dataset": ds.name, "split": split,
+                    "checkpoint_hash": None, "image_size": ds.image_size, "channels": ds.channels}
+            LatentStore.create(tmp / split, x, ds.labels, meta)
+    return {split: LatentStore.open(out / split) for split in splits}
 
 
 def torch_images_to_tokens(ds) -> np.ndarray:

@@ -2,16 +2,18 @@
 
 Everything latentlab writes goes to a temporary name first and is renamed into place,
 so a file or directory is either complete or absent, and an older version is never
-lost half way.
+lost half way. Where a user-facing output may go is decided in `latentlab.outputs`.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -25,16 +27,29 @@ if TYPE_CHECKING:  # torch is imported only by the functions that need it
     import torch
 
 
-def _tmp_name(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+TMP_PATTERN = re.compile(r"^\.(?P<name>.+)\.tmp-(?:(?P<pid>\d+)-)?[0-9a-f]{8}$")  # what tmp_name makes
+
+
+def tmp_name(path: Path) -> Path:
+    """A temporary name beside `path`: .NAME.tmp-PID-RANDOM (a killed writer's leftovers are recognisable)."""
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+
+
+def os_error(e: OSError, path: Path) -> LatentlabError:
+    """A one-line error for an OSError while writing `path`."""
+    return LatentlabError(f"cannot write {path} ({e.strerror or type(e).__name__}); "
+                          "choose an output location you can write to")
 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path next to `path`; rename it onto `path` if the block succeeds."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp_name(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise os_error(e, path) from None
+    tmp = tmp_name(path)
     try:
         yield tmp
         os.replace(tmp, path)
@@ -43,24 +58,50 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp.unlink()
 
 
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return False
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    return fn(-100, os.fsencode(a), -100, os.fsencode(b), 2) == 0  # AT_FDCWD, RENAME_EXCHANGE
+
+
+def replace_dir(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Rename folder `src` onto `dst`; an old `dst` is swapped out in one step where possible, then removed."""
+    src, dst = Path(src), Path(dst)
+    try:
+        if not dst.exists() or (dst.is_dir() and not any(dst.iterdir())):
+            os.replace(src, dst)
+        elif _exchange(src, dst):
+            shutil.rmtree(src, ignore_errors=True)  # src now holds the old dst
+        else:
+            old = tmp_name(dst)
+            os.replace(dst, old)
+            os.replace(src, dst)
+            shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:
+        raise os_error(e, dst) from None
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, overwrite: bool = True) -> Iterator[Path]:
-    """Yield a temporary directory; on success it replaces `path` (an old `path` is removed only then)."""
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary directory; on success it replaces `path` (an old `path` is removed only then).
+
+    A low-level helper for folders inside latentlab's own outputs; user-facing outputs go
+    through `output_dir`, which first checks that `path` may be replaced.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists() and not overwrite:
-        raise LatentlabError(f"{path} already exists; choose another --out or remove it")
-    tmp = _tmp_name(path)
-    tmp.mkdir()
+    tmp = tmp_name(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as e:
+        raise os_error(e, path) from None
     try:
         yield tmp
-        if path.exists():
-            old = _tmp_name(path)
-            os.replace(path, old)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        replace_dir(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

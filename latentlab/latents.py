@@ -7,6 +7,7 @@ On disk (see ARCHITECTURE.md)::
                            sample_shape, layout, dtype, count, normalisation stats, created
       latents-00000.npy    shards of shape (n_i, *sample_shape), memory-mappable
       labels.npy           int64 (count,), -1 where a sample has no label
+      .latentlab           {"kind": "store", "files": [...]}: replaced only by another store
 
 A store is written to a temporary directory and renamed, so it is complete or absent.
 `sample_shape` is `(tokens, channels)` for 1D-token tokenizers ("tokens" layout), or
@@ -29,11 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from latentlab.errors import LatentlabError
-from latentlab.io import atomic_dir, load_json, save_json
+from latentlab.io import load_json, save_json
+from latentlab.outputs import output_dir
 
 FORMAT_VERSION = 1
 DEFAULT_SHARD_SIZE = 65536
 LAYOUTS = ("tokens", "grid")
+STORE_KIND, STORE_SET_KIND = "store", "store set"  # their `.latentlab` marker kinds (latentlab.outputs)
 
 
 @dataclass
@@ -79,7 +82,7 @@ class LatentStoreWriter:
 
     def __init__(self, path: str | os.PathLike, sample_shape: tuple[int, ...], meta: dict | None = None,
                  dtype: str = "float32", layout: str = "tokens", shard_size: int = DEFAULT_SHARD_SIZE,
-                 overwrite: bool = True):
+                 parents: bool = True):
         if layout not in LAYOUTS:
             raise LatentlabError(f"unknown layout {layout!r}; use one of {LAYOUTS}")
         self.path = Path(path)
@@ -88,7 +91,7 @@ class LatentStoreWriter:
         self.layout = layout
         self.meta = dict(meta or {})
         self.shard_size = int(shard_size)
-        self._ctx = atomic_dir(self.path, overwrite=overwrite)
+        self._ctx = output_dir(self.path, STORE_KIND, parents)
         self._tmp = self._ctx.__enter__()
         self._buf: list[np.ndarray] = []
         self._buf_n = 0

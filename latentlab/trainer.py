@@ -49,6 +49,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +62,9 @@ from torch import nn
 from latentlab.config import to_dict
 from latentlab.errors import LatentlabError
 from latentlab.io import (load_json, load_torch_state, load_weights_into, save_json, save_safetensors, save_torch_state,
-                          to_json)
-from latentlab.utils import dist_ready, get_device, is_main, progress, rank, world_size
+                          tmp_name, to_json)
+from latentlab.outputs import check_output, claim_dir
+from latentlab.utils import dist_ready, get_device, info, is_main, progress, rank, world_size
 
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
@@ -207,11 +209,18 @@ def _autocast(device: torch.device, precision: str):
 # ---------------------------------------------------------------- checkpoints
 
 def save_checkpoint(out: Path, model: nn.Module, ema: nn.Module, opt: torch.optim.Optimizer, step: int) -> None:
-    """Write model/ema safetensors and state.pt (each atomically); state.pt goes last."""
-    save_safetensors(model.state_dict(), out / "model.safetensors", {"step": step})
-    save_safetensors(ema.state_dict(), out / "ema.safetensors", {"step": step})
-    save_torch_state({"step": step, "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state()},
-                     out / "state.pt")
+    """Write model/ema safetensors and state.pt, all three under temporary names first, then renamed (state.pt last)."""
+    names = ("model.safetensors", "ema.safetensors", "state.pt")
+    tmps = [tmp_name(out / n) for n in names]
+    try:
+        save_safetensors(model.state_dict(), tmps[0], {"step": step})
+        save_safetensors(ema.state_dict(), tmps[1], {"step": step})
+        save_torch_state({"step": step, "optimizer": opt.state_dict(), "torch_rng": torch.get_rng_state()}, tmps[2])
+        for tmp, name in zip(tmps, names):
+            os.replace(tmp, out / name)
+    finally:
+        for tmp in tmps:
+            tmp.unlink(missing_ok=True)
 
 
 def _append_metrics(path: Path, rec: dict) -> None:
@@ -230,6 +239,30 @@ def _truncate_metrics(path: Path, step: int) -> None:
         except json.JSONDecodeError:
             continue
     path.write_text("".join(k + "\n" for k in keep))
+
+
+def _checkpoint_step(out: Path) -> int | None:
+    """The step of the last checkpoint in run `out` (from model.safetensors' metadata), or None."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(out / "model.safetensors"), "pt") as f:
+            return int((f.metadata() or {})["step"])
+    except Exception:  # no checkpoint yet, or an unreadable one
+        return None
+
+
+def check_run_dir(out: str | Path, kind: str, resume: bool) -> None:
+    """Refuse `out` for a new `kind` run unless it is absent or empty, and for `resume` unless it holds one."""
+    out = Path(out)
+    existed = check_output(out, kind)
+    if existed and not resume:
+        step = _checkpoint_step(out)
+        where = f"checkpoint at step {step}" if step is not None else "no checkpoint yet"
+        raise LatentlabError(f"{out} already holds a run ({kind}, {where}); pass --resume to continue it, "
+                             "or give a fresh --out for a new run")
+    if resume and not existed:
+        raise LatentlabError(f"nothing to resume in {out} (no {kind} there); drop --resume to start a new run")
 
 
 def _comparable(cfg: dict) -> dict:
@@ -254,9 +287,11 @@ def train(task: TrainTask, cfg: TrainConfig, out_dir: str | Path, resume: bool =
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = make_optimizer(model, cfg)
 
-    if resume:
-        if not (out / "state.pt").is_file():
-            raise LatentlabError(f"nothing to resume in {out} (no state.pt); drop --resume to start a new run")
+    kind = f"{run_cfg.get('kind', 'training')} run"
+    check_run_dir(out, kind, resume)  # every rank, before anyone writes
+    if dist_ready():
+        torch.distributed.barrier()
+    if resume and (out / "config.json").is_file():
         old = load_json(out / "config.json", "run config")
         old_train, new_train = _comparable(old.get("train", {})), _comparable(json.loads(json.dumps(to_dict(cfg))))
         old_rest = {k: v for k, v in old.items() if k != "train"}
@@ -264,19 +299,24 @@ def train(task: TrainTask, cfg: TrainConfig, out_dir: str | Path, resume: bool =
         if old_train != new_train or old_rest != new_rest:
             raise LatentlabError(f"{out} was trained with a different configuration; resume with the same "
                                  "settings (only steps may change) or choose another --out")
+    if resume and (out / "state.pt").is_file():
         load_weights_into(model, out / "model.safetensors")
         load_weights_into(ema, out / "ema.safetensors")
         state = load_torch_state(out / "state.pt")
         opt.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["torch_rng"])
         start = int(state["step"])
-        if start >= cfg.steps:
-            raise LatentlabError(f"{out} already reached step {start}; pass a larger --steps to continue")
-    elif (out / "state.pt").is_file() or (out / "model.safetensors").is_file():
-        raise LatentlabError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        if _checkpoint_step(out) != start:
+            raise LatentlabError(f"the checkpoint in {out} was cut off while being written (weights and state.pt "
+                                 "disagree on the step); it cannot be resumed exactly: give a fresh --out")
+        if start > cfg.steps:
+            raise LatentlabError(f"{out} already reached step {start}; pass --steps {start} or more to continue")
+    elif resume:
+        info(f"{out} has no checkpoint yet; starting it from step 0")
     if is_main():
-        (out / "samples").mkdir(parents=True, exist_ok=True)
+        claim_dir(out, kind)
         save_json(run_cfg, out / "config.json")
+        (out / "samples").mkdir(exist_ok=True)
         if resume:
             _truncate_metrics(out / "metrics.jsonl", start)
     dmodel = model
@@ -334,6 +374,10 @@ def train(task: TrainTask, cfg: TrainConfig, out_dir: str | Path, resume: bool =
                 save_checkpoint(out, model, ema, opt, done)
             if dist_ready():
                 torch.distributed.barrier()
+    if start == cfg.steps and is_main():  # resumed a finished run: nothing to train, report its evaluation
+        info(f"{out} already reached step {start}; nothing to train (pass a larger --steps to continue)")
+        with torch.no_grad():
+            last_eval = {k: float(v) for k, v in task.evaluate(ema.eval(), start).items()}
     return {"out": str(out), "steps": cfg.steps, "start_step": start, "world_size": ws,
             "time_s": round(time.time() - t0, 3), "final": last, "eval": last_eval,
             "device": str(device)}

@@ -133,13 +133,18 @@ def test_bad_inputs_exit_2_and_write_nothing(stores, tmp_path):
     assert "corrupt" in msg
 
 
-def test_existing_out_keeps_other_files(stores, tmp_path):
+def test_existing_out_is_refused_unless_latentlab_wrote_it(stores, tmp_path):
     out = tmp_path / "study"
     out.mkdir()
     (out / "keep.txt").write_text("x")
     code, _, err = run_cli("fit-gmm", "--tokenizer", stores[1], "--components", "1", "--out", str(out))
-    assert code == 0, err
-    assert (out / "keep.txt").read_text() == "x" and (out / "gmm.csv").is_file()
+    assert code == 2 and err.count("\n") == 1 and "did not write" in err and "keep.txt" in err
+    assert sorted(p.name for p in out.iterdir()) == ["keep.txt"] and (out / "keep.txt").read_text() == "x"
+    fresh = tmp_path / "gmm"
+    for _ in range(2):  # a fit-gmm output folder is replaced whole by the next fit-gmm
+        code, _, err = run_cli("fit-gmm", "--tokenizer", stores[1], "--components", "1", "--out", str(fresh))
+        assert code == 0, err
+    assert (fresh / "gmm.csv").is_file() and not list(tmp_path.glob(".gmm.tmp-*"))
 
 
 def _planted_features(seed=0):

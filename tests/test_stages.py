@@ -33,7 +33,7 @@ def test_killed_stage_leaves_nothing_and_resumes(tmp_path):
         raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        run_stage(tmp_path, "tok", "train", {"k": 1}, boom)
+        run_stage(tmp_path, "tok", "train", {"k": 1}, boom, resumable=True)
     assert not (tmp_path / "tok" / "train").exists()
     seen = {}
 
@@ -42,13 +42,13 @@ def test_killed_stage_leaves_nothing_and_resumes(tmp_path):
         seen["ckpt"] = (work / "ckpt").read_text()
         return {}
 
-    run_stage(tmp_path, "tok", "train", {"k": 1}, fn)
+    run_stage(tmp_path, "tok", "train", {"k": 1}, fn, resumable=True)
     assert seen == {"resume": True, "ckpt": "half"}
     assert not (tmp_path / "tok" / "train.work").exists()
     # a different key never resumes from a stale work directory
     with pytest.raises(KeyboardInterrupt):
-        run_stage(tmp_path, "tok", "other", {"k": 1}, boom)
-    run_stage(tmp_path, "tok", "other", {"k": 2}, lambda w, r: seen.update(r2=r) or {})
+        run_stage(tmp_path, "tok", "other", {"k": 1}, boom, resumable=True)
+    run_stage(tmp_path, "tok", "other", {"k": 2}, lambda w, r: seen.update(r2=r) or {}, resumable=True)
     assert seen["r2"] is False
 
 

@@ -35,6 +35,7 @@ from latentlab.data import stratified_split
 from latentlab.errors import LatentlabError
 from latentlab.extract import TokenizerLatents, check_finite
 from latentlab.io import save_csv
+from latentlab.outputs import check_output, output_dir
 from latentlab.plots.probe import plot_probe
 from latentlab.trainer import TrainConfig, get_lr
 from latentlab.utils import get_device, info, progress, torch_seeded
@@ -292,11 +293,15 @@ def discriminability_row(tok: TokenizerLatents, cfg: DiscriminabilityConfig,
     return row
 
 
+PROBE_KIND = "probe output"  # the `.latentlab` marker kind of its output folder
+
+
 def run_probe(tokenizers: list[TokenizerLatents], out: str | os.PathLike,
               cfg: DiscriminabilityConfig | None = None) -> dict:
     """Probe and measure every tokenizer; write OUT/probe.csv and OUT/probe.png; return the summary."""
     cfg = cfg or DiscriminabilityConfig()
     _check_config(cfg)
+    check_output(out, PROBE_KIND)  # before any work
     gmm_nll = gmm_nll_lookup(cfg.gmm_csv, int(cfg.gmm_k)) if cfg.gmm_csv is not None else None
     for tok in tokenizers:  # fail on bad labels before any work
         check_labels(tok.train, f"tokenizer {tok.name!r} ({tok.train.path})")
@@ -312,8 +317,10 @@ def run_probe(tokenizers: list[TokenizerLatents], out: str | os.PathLike,
     columns = [c for c in COLUMNS if c != "gmm_heldout_nll" or gmm_nll is not None]
     df = pd.DataFrame(rows, columns=columns)
     out = Path(out)
-    csv = save_csv(df, out / "probe.csv")
-    png = plot_probe(df, out / "probe.png")
+    with output_dir(out, PROBE_KIND) as tmp:
+        save_csv(df, tmp / "probe.csv")
+        plot_probe(df, tmp / "probe.png")
+    csv, png = out / "probe.csv", out / "probe.png"
     clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows]
     return {"out": str(out), "csv": str(csv), "png": str(png), "rows": clean}
 

@@ -20,6 +20,7 @@ from latentlab.analysis.stream import POOLS, Rows, check_labels
 from latentlab.errors import LatentlabError
 from latentlab.extract import TokenizerLatents, check_finite
 from latentlab.io import save_csv
+from latentlab.outputs import check_output, output_dir
 from latentlab.plots.umap import plot_umap
 from latentlab.utils import progress, warn
 
@@ -79,6 +80,9 @@ def _embed_one(tok: TokenizerLatents, cfg: UmapConfig):
                         columns=CSV_COLUMNS)
 
 
+UMAP_KIND = "umap output"  # the `.latentlab` marker kind of its output folder
+
+
 def run_umap(tokenizers: list[TokenizerLatents], out: str | os.PathLike, cfg: UmapConfig | None = None) -> dict:
     """Embed every tokenizer; write OUT/umap.csv and OUT/umap.png; return the summary."""
     import pandas as pd
@@ -91,11 +95,14 @@ def run_umap(tokenizers: list[TokenizerLatents], out: str | os.PathLike, cfg: Um
     for t in tokenizers:  # before any work: labels, then NaN / inf
         check_labels(t.train, f"tokenizer {t.name!r} ({t.train.path})")
     check_finite(tokenizers)
+    check_output(out, UMAP_KIND)  # before any work
     frames = [_embed_one(t, cfg) for t in progress(tokenizers, desc="umap", total=len(tokenizers), leave=True)]
     table = pd.concat(frames, ignore_index=True)
     out = Path(out)
-    csv = save_csv(table, out / "umap.csv")
-    png = plot_umap(table, out / "umap.png")
+    with output_dir(out, UMAP_KIND) as tmp:
+        save_csv(table, tmp / "umap.csv")
+        plot_umap(table, tmp / "umap.png")
+    csv, png = out / "umap.csv", out / "umap.png"
     return {"out": str(out), "csv": str(csv), "png": str(png), "seed": cfg.seed, "pca_dim": cfg.pca_dim,
             "tokenizers": {name: {"n": int(len(g)), "classes": int(g["label"].nunique())}
                            for name, g in table.groupby("tokenizer", sort=False)}}

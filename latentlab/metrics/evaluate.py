@@ -24,6 +24,7 @@ from latentlab.errors import LatentlabError
 from latentlab.extract import open_tokenizer
 from latentlab.io import save_csv, save_json
 from latentlab.latents import count_nonfinite_rows
+from latentlab.outputs import check_output, output_dir
 from latentlab.metrics.extractors import FeatureExtractor, get_extractor
 from latentlab.metrics.fid import FeatureStats, GaussianStats, fd_between, inception_score
 from latentlab.metrics.images import ImageSet, open_images
@@ -35,6 +36,7 @@ from latentlab.tokenizers.training import reconstruct
 from latentlab.utils import get_device, progress
 
 EMBEDDED_DATASETS = ("mnist5k", "digits", "shapes")
+FID_KIND, RECON_KIND, GFID_KIND = "fid output", "eval-tokenizer output", "eval-sit output"  # `.latentlab` kinds
 
 
 @dataclass
@@ -117,6 +119,8 @@ def fd_against(real: str, fake_batches: Iterable[torch.Tensor], n_fake: int, cfg
 def fid(real: str, fake: str | ImageSet, cfg: MetricsConfig | None = None, out: str | Path | None = None) -> dict:
     """FD between `real` (DATASET[:SPLIT] or a folder/npz) and `fake` (a folder of PNGs or an images.npz)."""
     cfg = cfg or MetricsConfig()
+    if out is not None:
+        check_output(out, FID_KIND)  # before any work
     imgs = fake if isinstance(fake, ImageSet) else open_images(fake)
     dataset = None if Path(real).expanduser().exists() else parse_real(real)[0]
     ext = _extractor_for(cfg, dataset)
@@ -129,8 +133,8 @@ def fid(real: str, fake: str | ImageSet, cfg: MetricsConfig | None = None, out: 
         if "test_accuracy" in summary["extractor"]:
             row["extractor_test_accuracy"] = summary["extractor"]["test_accuracy"]
         shown = np.unique(np.linspace(0, imgs.n - 1, min(64, imgs.n)).round().astype(int))  # spread over the set
-        write_outputs(summary, Path(out), "fid", row,
-                      lambda: plot_samples(imgs.uint8(shown), Path(out) / "samples", title=str(imgs.source)))
+        write_outputs(summary, Path(out), FID_KIND, "fid", row,
+                      lambda d: plot_samples(imgs.uint8(shown), d / "samples", title=str(imgs.source)))
     return summary
 
 
@@ -139,15 +143,18 @@ def _floats(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if isinstance(v, float)}
 
 
-def write_outputs(summary: dict, out: Path, name: str, row: dict, figure: Callable[[], Path],
+def write_outputs(summary: dict, out: Path, kind: str, name: str, row: dict, figure: Callable[[Path], Path],
                   tables: dict[str, tuple[str, pd.DataFrame]] | None = None) -> None:
     """The one writer of the metric commands: OUT/NAME.csv (`row`), further `tables` ({key: (file, frame)}),
-    OUT/NAME.json (`summary`) and the figure that `figure()` writes; their paths go into summary["files"]."""
-    files = {"csv": save_csv(pd.DataFrame([row]), out / f"{name}.csv")}
-    files.update({key: save_csv(df, out / file) for key, (file, df) in (tables or {}).items()})
-    files["json"] = save_json(summary, out / f"{name}.json")
-    files["figure"] = figure()
-    summary["files"] = {k: str(v) for k, v in files.items()}
+    OUT/NAME.json (`summary`) and the figure that `figure(folder)` writes; their paths go into summary["files"].
+
+    OUT (a `kind` output folder) is written under a temporary name and replaces an older one whole."""
+    with output_dir(out, kind) as d:
+        files = {"csv": save_csv(pd.DataFrame([row]), d / f"{name}.csv")}
+        files.update({key: save_csv(df, d / file) for key, (file, df) in (tables or {}).items()})
+        files["json"] = save_json(summary, d / f"{name}.json")
+        files["figure"] = figure(d)
+    summary["files"] = {k: str(Path(out) / Path(v).name) for k, v in files.items()}
 
 
 # ---------------------------------------------------------------- tokenizers: PSNR, SSIM, rFID
@@ -171,6 +178,7 @@ def eval_tokenizer(run: str | Path, cfg: MetricsConfig | None = None, out: str |
     device = get_device(cfg.device)
     model, info = open_tokenizer(run, cfg.weights, device)
     out = _default_out(run, out)
+    check_output(out, RECON_KIND)  # before any work
     dataset = dataset or info.get("dataset")
     if not dataset:
         raise LatentlabError(f"{run} does not record its dataset; give --dataset")
@@ -204,8 +212,8 @@ def eval_tokenizer(run: str | Path, cfg: MetricsConfig | None = None, out: str |
     row.update(extractor=summary["extractor"]["name"], extractor_test_accuracy=summary["extractor"].get("test_accuracy"),
                checkpoint_hash=summary["checkpoint_hash"])
     per_image = pd.DataFrame({"index": np.arange(len(psnr)), "label": ds.labels[:len(psnr)], "psnr": psnr, "ssim": ssim})
-    write_outputs(summary, out, "recon", row,
-                  lambda: plot_recon_grid(*shown, out / "recon_grid", title=f"{summary['tokenizer']} on {dataset}:{split}"),
+    write_outputs(summary, out, RECON_KIND, "recon", row,
+                  lambda d: plot_recon_grid(*shown, d / "recon_grid", title=f"{summary['tokenizer']} on {dataset}:{split}"),
                   {"per_image": ("recon_images.csv", per_image)})
     return summary
 
@@ -241,6 +249,7 @@ def eval_sit(run: str | Path, cfg: MetricsConfig | None = None, out: str | Path 
     device = get_device(cfg.device)
     model, rc = load_sit(run, cfg.weights, device)
     out = _default_out(run, out)
+    check_output(out, GFID_KIND)  # before any work
     prov = rc.get("latents", {})
     dataset = prov.get("dataset")
     if not dataset:
@@ -260,7 +269,7 @@ def eval_sit(run: str | Path, cfg: MetricsConfig | None = None, out: str | Path 
     row = {"run": summary["run"], "dataset": dataset, "n": n, **summary["sampling"], **_floats(summary),
            "extractor": summary["extractor"]["name"], "extractor_test_accuracy": summary["extractor"].get("test_accuracy")}
     metric = summary["metric"]
-    write_outputs(summary, out, "gfid", row,
-                  lambda: plot_samples(shown[0], out / "samples", title=f"{Path(run).name}: {metric} {summary[metric]:.2f}"))
+    write_outputs(summary, out, GFID_KIND, "gfid", row,
+                  lambda d: plot_samples(shown[0], d / "samples", title=f"{Path(run).name}: {metric} {summary[metric]:.2f}"))
     return summary
 

@@ -22,8 +22,9 @@ from latentlab.config import from_dict
 from latentlab.data import to_uint8
 from latentlab.errors import LatentlabError
 from latentlab.extract import open_tokenizer
-from latentlab.io import atomic_dir, load_json, load_run_weights, save_json, save_npy
+from latentlab.io import load_json, load_run_weights, save_json, save_npy
 from latentlab.latents import count_nonfinite_rows
+from latentlab.outputs import check_output, output_dir
 from latentlab.plots.sit import image_grid, save_png
 from latentlab.sit.model import SiT, SiTConfig
 from latentlab.sit.training import denormalize
@@ -170,9 +171,13 @@ def decode_latents(tokenizer, latents: np.ndarray, batch_size: int, device: torc
     return np.concatenate(out, 0)
 
 
+SAMPLES_KIND = "samples"  # the `.latentlab` marker kind of a `sample` output folder
+
+
 def sample(run: str | Path, out: str | Path, cfg: SampleConfig | None = None) -> dict:
     """Sample `cfg.n` latents from a SiT run into directory `out` (replaced atomically); returns a summary."""
     cfg = cfg or SampleConfig()
+    check_output(out, SAMPLES_KIND)  # before any work
     device = get_device(cfg.device)
     model, rc = load_sit(run, cfg.weights, device)
     labels = balanced_labels(cfg.n, model.cfg.num_classes, cfg.class_label)
@@ -185,7 +190,7 @@ def sample(run: str | Path, out: str | Path, cfg: SampleConfig | None = None) ->
                "class": cfg.class_label, "sample_time_s": round(time.time() - t0, 3),
                "latents_mean": float(latents.mean()), "latents_std": float(latents.std()),
                "decoded": False, "files": {}}
-    with atomic_dir(out) as tmp:
+    with output_dir(out, SAMPLES_KIND) as tmp:
         save_npy(latents, tmp / "latents.npy")
         save_npy(labels, tmp / "labels.npy")
         if decoder is not None:

@@ -36,7 +36,7 @@ from latentlab.latents import LatentStore
 from latentlab.plots.sit import plot_heldout
 from latentlab.sit.model import SiT, sit_config, token_patch_for
 from latentlab.sit.transport import TimeSampling, drop_labels, flow_loss, parse_enum, sample_t
-from latentlab.trainer import TrainConfig, TrainTask, index_batch, train, unwrap
+from latentlab.trainer import TrainConfig, TrainTask, check_run_dir, index_batch, train, unwrap
 from latentlab.utils import derive_seed, torch_seeded
 
 NORMALIZATIONS = ("channel", "global", "none")
@@ -309,6 +309,7 @@ def train_sit(tokenizer, out: str | Path, cfg: SiTTrainConfig | None = None, res
     """Train SiT on a tokenizer's latents into run directory `out`; returns a summary with the held-out loss."""
     cfg = cfg or SiTTrainConfig()
     out = Path(out)
+    check_run_dir(out, "sit run", resume)  # before any work
     task, tcfg = build_sit_task(tokenizer, cfg, dataset)
     if resume and (out / "config.json").is_file():
         _check_resume_shape(out, task.store)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import os
 from dataclasses import dataclass, field
+from importlib.util import find_spec
 from pathlib import Path
 
 from latentlab.analysis.gmm.config import FitGMMConfig, check_config
@@ -17,11 +18,14 @@ from latentlab.metrics.evaluate import MetricsConfig
 from latentlab.sit.sample import SampleConfig
 from latentlab.sit.training import SiTTrainConfig
 from latentlab.tokenizers.models import TOKENIZERS, TokenizerConfig
+from latentlab.tokenizers.targets import TEACHER_PACKAGES
 from latentlab.tokenizers.training import TokenizerRunConfig
 
 STUDY_VERSION = 1
 SPECIAL_ARCHS = ("pixels", "pretrained", "store")
 TOKENIZER_STAGES = ("tokenizer", "eval", "extract", "probe", "sit", "sample", "gfid")
+RESUMABLE_STAGES = ("tokenizer", "sit")  # training: a killed attempt continues from its last checkpoint
+STUDY_KIND = "study"  # the `.latentlab` marker kind of a study directory
 
 
 @dataclass
@@ -111,8 +115,37 @@ def load_study_config(source: str | os.PathLike | dict) -> tuple[StudyConfig, di
     bad = [n for n in entries if n.startswith("_") or "/" in n or n in (".", "..")]
     if bad:
         raise LatentlabError(f"tokenizer name {bad[0]!r} is not allowed; use letters, digits, '-' and '_'")
-    section_configs(cfg)  # validate every section now, before anything runs
+    sections = section_configs(cfg)  # validate every section now, before anything runs
+    check_requirements(cfg, entries, sections)
     return cfg, entries
+
+
+def _requirements(cfg: StudyConfig, entries: dict[str, TokenizerEntry], sections: dict) -> list[tuple[str, str, str]]:
+    """(module, what needs it, how to do without it) for every optional package the study will import."""
+    needs = []
+    if cfg.report:
+        needs += [(m, "report: true", "pip install 'latentlab[notebooks]', or set report: false")
+                  for m in ("nbformat", "nbclient", "nbconvert", "ipykernel")]
+    extractor = sections["metrics"].extractor.partition(":")[0]
+    if extractor in ("inception", "dinov2"):
+        needs.append(("torch_fidelity", f"metrics.extractor {extractor}",
+                      "pip install 'latentlab[fid]', or set metrics: {extractor: lenet}"))
+    for name, e in entries.items():
+        specs = ([e.model.get("teacher", "hog")] if e.arch == "vavae" else
+                 list(e.model.get("aux_targets", ["hog"])) if e.arch == "maetok" else [])
+        for kind in {str(spec).partition(":")[0] for spec in specs} & set(TEACHER_PACKAGES):
+            needs.append((TEACHER_PACKAGES[kind], f"tokenizers.{name} (teacher {kind})",
+                          "pip install 'latentlab[teachers]', or use the hog teacher (or torchscript:PATH)"))
+        if e.arch == "pretrained" and str(e.pretrained).startswith("diffusers:"):
+            needs.append(("diffusers", f"tokenizers.{name} ({e.pretrained})", "pip install 'latentlab[external]'"))
+    return needs
+
+
+def check_requirements(cfg: StudyConfig, entries: dict[str, TokenizerEntry], sections: dict) -> None:
+    """Refuse a study that needs an optional package it lacks, before any stage runs."""
+    for module, what, fix in _requirements(cfg, entries, sections):
+        if find_spec(module) is None:
+            raise LatentlabError(f"{what} needs the {module} package, which is not installed: {fix}")
 
 
 # ---------------------------------------------------------------- variants (for analyses/)

@@ -28,8 +28,10 @@ from pathlib import Path
 import latentlab.study.stages as S
 from latentlab.errors import LatentlabError
 from latentlab.io import save_json
+from latentlab.outputs import claim_dir
 from latentlab.study.cache import StageLog, StageResult, run_stage
-from latentlab.study.config import STUDY_VERSION, TOKENIZER_STAGES, load_study_config, section_configs
+from latentlab.study.config import (RESUMABLE_STAGES, STUDY_KIND, STUDY_VERSION, TOKENIZER_STAGES, load_study_config,
+                                    section_configs)
 from latentlab.utils import info, progress, world_size
 
 
@@ -54,7 +56,7 @@ def run_study(config: str | os.PathLike | dict, out: str | os.PathLike) -> dict:
     cfg, entries = load_study_config(config)
     sections = section_configs(cfg)
     out = Path(out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+    claim_dir(out, STUDY_KIND)  # absent, empty or a study: never someone else's folder
     save_json({**asdict(cfg), "version": STUDY_VERSION}, out / "study.json")
     log = StageLog()
     t0 = time.perf_counter()
@@ -64,7 +66,7 @@ def run_study(config: str | os.PathLike | dict, out: str | os.PathLike) -> dict:
 
     def step(owner: str, stage: str, key, fn) -> StageResult:
         bar.set_postfix_str(f"{owner}/{stage}")
-        res = run_stage(out, owner, stage, key, fn, log, announce=info)
+        res = run_stage(out, owner, stage, key, fn, log, announce=info, resumable=stage in RESUMABLE_STAGES)
         bar.update(1)
         return res
 

@@ -110,6 +110,7 @@ def tokenizer_stages(ctx: StudyContext, name: str, entry, step: Step) -> dict[st
                 if src is not None:
                     shutil.copytree(src.path, work / "latents" / split)
         else:
+            (work / "latents").mkdir()
             for split in ("train", "test"):
                 extract(spec, cfg.dataset, split, work / "latents" / split, device=cfg.device, name=name)
         tr = LatentStore.open(work / "latents" / "train")

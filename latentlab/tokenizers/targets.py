@@ -216,6 +216,7 @@ class _Fn(nn.Module):
 
 
 TARGET_KINDS = ("hog", "pixels", "torchscript", "dinov2", "clip", "siglip")
+TEACHER_PACKAGES = {"dinov2": "timm", "clip": "open_clip", "siglip": "open_clip"}  # teacher kind -> module it needs
 
 
 def make_target(spec: str, patch: int, channels: int, image_size: int) -> Target:

@@ -21,7 +21,7 @@ from latentlab.errors import LatentlabError
 from latentlab.io import atomic_path, file_hash, load_json, load_run_weights
 from latentlab.metrics.recon import psnr, to_unit
 from latentlab.tokenizers.models import AETokenizer, TokenizerConfig, build_tokenizer
-from latentlab.trainer import TrainConfig, TrainTask, index_batch, train
+from latentlab.trainer import TrainConfig, TrainTask, check_run_dir, index_batch, train
 from latentlab.utils import torch_seeded
 
 # Tokenizer training defaults (override any TrainConfig field under `train:` or on the command line).
@@ -127,6 +127,7 @@ def build_run(cfg: TokenizerRunConfig) -> tuple[nn.Module, ImageDataset, ImageDa
 def train_tokenizer(cfg: TokenizerRunConfig, out: str | Path, resume: bool = False) -> dict:
     """Train one tokenizer run into `out`; returns the training summary (with held-out PSNR)."""
     tcfg = cfg.train_config()
+    check_run_dir(out, "tokenizer run", resume)  # before any work
     model, train_ds, test_ds, run_cfg = build_run(cfg)
     task = TokenizerTask(model, train_ds, test_ds, run_cfg, tcfg.seed, cfg.eval_images, cfg.sample_images)
     summary = train(task, tcfg, out, resume=resume)

@@ -31,9 +31,9 @@ from latentlab.analysis.gmm.config import (COLUMNS, FitGMMConfig, GMMFeatures, c
                                           PROTOCOL_NAMES, split_rows)
 from latentlab.analysis.gmm.mixture import ConvergenceWarning, GaussianMixture
 from latentlab.analysis.pca import PCA, common_dim
-from latentlab.errors import LatentlabError
 from latentlab.extract import TokenizerLatents, check_finite, resolve_tokenizers
-from latentlab.io import atomic_dir, save_csv, save_json
+from latentlab.io import save_csv, save_json
+from latentlab.outputs import check_output, output_dir
 from latentlab.plots.gmm import plot_nll_vs_components
 from latentlab.utils import is_main, progress, progress_enabled, warn
 
@@ -61,6 +61,7 @@ class GMMCurves:
 
 
 OUTPUT_FILES = ("gmm.csv", "gmm.json", "nll_vs_components.png", "nll_vs_components.pdf")
+GMM_KIND = "fit-gmm output"  # the `.latentlab` marker kind of its output folder
 
 
 def em_features(toks: Sequence[TokenizerLatents], cfg: FitGMMConfig) -> tuple[list[GMMFeatures], dict]:
@@ -114,8 +115,8 @@ def fit_gmm_curves(tokenizers: Sequence[str] | Sequence[TokenizerLatents], confi
     import pandas as pd
 
     cfg = check_config(config or FitGMMConfig())
-    if out is not None and Path(out).exists() and not Path(out).is_dir():
-        raise LatentlabError(f"--out {out} exists and is not a directory; choose another --out")
+    if out is not None:
+        check_output(out, GMM_KIND)  # before any work
     toks = list(tokenizers)
     if not toks or isinstance(toks[0], str):
         toks = resolve_tokenizers(toks, dataset)
@@ -153,16 +154,9 @@ assert tuple(PROTOCOLS) == PROTOCOL_NAMES
 
 
 def write_outputs(result: GMMCurves, out: str | os.PathLike) -> None:
-    """gmm.csv, gmm.json and nll_vs_components.png/.pdf; a new `out` appears complete or not at all."""
-    def write(d: Path) -> None:
+    """gmm.csv, gmm.json and nll_vs_components.png/.pdf; `out` appears (or is replaced) whole or not at all."""
+    with output_dir(out, GMM_KIND) as d:
         save_csv(result.table, d / "gmm.csv")
         save_json({"config": result.config, "reduction": result.reduction, "rows": result.table.to_dict("records"),
                    "curves": result.curves}, d / "gmm.json")
         plot_nll_vs_components(result.table, d / "nll_vs_components.png")
-
-    out = Path(out)
-    if out.is_dir():
-        write(out)  # each file is replaced atomically; other files in `out` are kept
-    else:
-        with atomic_dir(out) as tmp:
-            write(tmp)
