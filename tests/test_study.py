@@ -131,6 +131,36 @@ def test_sigkill_then_rerun_gives_identical_tables(study):
     assert _tables(out) == _tables(root / "a")
 
 
+STUDY_WIDE = [("gmm", "latentlab.analysis.gmm.curves.plot_nll_vs_components"),  # after gmm.csv and gmm.json
+              ("umap", "latentlab.analysis.umap.plot_umap"),                      # after the embedding
+              ("relate", "latentlab.study.report.plot_image_panels")]             # after tables/ was filled
+
+
+def test_each_study_wide_stage_failing_partway_then_rerun_gives_identical_tables(study, monkeypatch):
+    """Fail gmm, then umap, then relate partway (each rerun gets one stage further); the last rerun finishes."""
+    import shutil
+
+    cfg, root, env, _ = study
+    out = root / "c"
+    shutil.copytree(root / "a", out)
+    for p in ["_study", "summary.csv", "correlations.csv", "tables", "figures", "report.html", "run_log.json"]:
+        (shutil.rmtree if (out / p).is_dir() else os.remove)(out / p)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("failed on purpose")
+
+    for stage, target in STUDY_WIDE:
+        with monkeypatch.context() as m:
+            m.setattr(target, boom)
+            with pytest.raises(RuntimeError, match="on purpose"):
+                run_study(cfg, out)
+        assert (out / "_study" / f"{stage}.work").is_dir() and not (out / "_study" / stage).exists()
+    assert any((out / "_study" / "relate.work" / "tables").iterdir())  # the leftovers that broke the rerun
+    again = run_study(cfg, out)
+    assert sorted(again["ran"]) == ["_study/relate"] and not list(out.glob("_study/*.work"))
+    assert _tables(out) == _tables(root / "a")
+
+
 def test_explore_notebook_executes(study, tmp_path):
     from latentlab.study.report import NOTEBOOK_DIR, render_notebook
 
