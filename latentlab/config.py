@@ -1,4 +1,8 @@
-"""Dataclass configs loaded from YAML/JSON/dicts where unknown keys are errors."""
+"""Dataclass configs loaded from YAML/JSON/dicts where unknown keys are errors, and `TrainConfig`.
+
+Torch-free, like every `config.py` of the subpackages: the CLI reads its defaults from them
+without importing torch.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,7 @@ import os
 import re
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -178,3 +183,40 @@ def merge(cfg: C, overrides: dict | None, where: str = "config") -> C:
         raise LatentlabError(f"unknown key{'s' if len(unknown) > 1 else ''} {', '.join(map(repr, unknown))} in {where}; "
                              f"valid keys: {', '.join(to_dict(cfg))}")
     return from_dict(type(cfg), base, where)
+
+
+SCHEDULES = ("cosine", "constant")
+PRECISIONS = ("auto", "bf16", "fp32")
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and bookkeeping settings of one training run."""
+
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.95)
+    warmup_steps: int = 100
+    schedule: str = "cosine"
+    min_lr_ratio: float = 0.1
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    log_every: int = 50
+    eval_every: int = 500
+    ckpt_every: int = 1000
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+
+    def __post_init__(self):
+        self.betas = tuple(float(b) for b in self.betas)  # YAML gives lists
+        if self.steps < 1 or self.batch_size < 1:
+            raise ValueError("steps and batch_size must be >= 1")
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError("ema_decay must lie in [0, 1)")

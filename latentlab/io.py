@@ -238,9 +238,12 @@ def load_weights_into(module: torch.nn.Module, path: Path) -> None:
                              "(different architecture); retrain or point at the right run") from None
 
 
+WEIGHTS = ("ema", "model")  # the two weight files of a run directory
+
+
 def load_run_weights(run: str | Path, module: torch.nn.Module, which: str = "ema") -> torch.nn.Module:
     """Load `model` or `ema` weights of a run into `module` (one-line error on mismatch or corruption)."""
-    if which not in ("ema", "model"):
+    if which not in WEIGHTS:
         raise LatentlabError(f"weights must be 'ema' or 'model', got {which!r}")
     path = Path(run) / f"{which}.safetensors"
     load_weights_into(module, path)

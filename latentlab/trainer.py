@@ -51,7 +51,6 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,49 +58,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from latentlab.config import to_dict
+from latentlab.config import TrainConfig, to_dict
 from latentlab.errors import LatentlabError
 from latentlab.io import (load_json, load_torch_state, load_weights_into, save_json, save_safetensors, save_torch_state,
                           tmp_name, to_json)
 from latentlab.outputs import check_output, claim_dir
 from latentlab.utils import dist_ready, get_device, info, is_main, progress, rank, world_size
-
-SCHEDULES = ("cosine", "constant")
-PRECISIONS = ("auto", "bf16", "fp32")
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation and bookkeeping settings of one training run."""
-
-    steps: int = 3000
-    batch_size: int = 64
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.95)
-    warmup_steps: int = 100
-    schedule: str = "cosine"
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    ema_decay: float = 0.999
-    log_every: int = 50
-    eval_every: int = 500
-    ckpt_every: int = 1000
-    seed: int = 0
-    device: str = "auto"
-    precision: str = "auto"
-
-    def __post_init__(self):
-        self.betas = tuple(float(b) for b in self.betas)  # YAML gives lists
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch_size must be >= 1")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {SCHEDULES}, got {self.schedule!r}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError("ema_decay must lie in [0, 1)")
-
 
 class TrainTask:
     """Base class of what `train` drives; see the module docstring."""

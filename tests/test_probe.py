@@ -6,7 +6,8 @@ import pandas as pd
 import pytest
 
 from conftest import run_cli
-from latentlab.analysis.stream import DEFAULT_MAX_BYTES, Rows, check_labels, pool_features
+from latentlab.analysis.config import DEFAULT_MAX_BYTES
+from latentlab.analysis.stream import Rows, check_labels, pool_features
 from latentlab.analysis.probe import ProbeConfig, linear_probe, lr_schedule
 from latentlab.errors import LatentlabError
 from latentlab.latents import LatentStore

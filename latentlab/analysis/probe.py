@@ -20,7 +20,6 @@ from __future__ import annotations
 import math
 import os
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -29,7 +28,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from latentlab.analysis.stream import DEFAULT_MAX_BYTES, POOLS, Rows, check_labels
+from latentlab.analysis.config import OPTIMIZERS, POOLS, DiscriminabilityConfig, ProbeConfig
+from latentlab.analysis.stream import Rows, check_labels
 from latentlab.analysis.structure import cluster_scores, fisher_ratio, knn_accuracy, rankme
 from latentlab.data import stratified_split
 from latentlab.errors import LatentlabError
@@ -39,28 +39,6 @@ from latentlab.outputs import check_output, output_dir
 from latentlab.plots.probe import plot_probe
 from latentlab.trainer import TrainConfig, get_lr
 from latentlab.utils import get_device, info, progress, torch_seeded
-
-OPTIMIZERS = ("adamw", "sgd")
-
-
-@dataclass
-class ProbeConfig:
-    """Linear-probe training settings (the defaults reach sklearn's LogisticRegression accuracy, see benchmarks/).
-
-    4 epochs: on the benchmark (N=50k, D=1024) and on mnist5k pixels the top-1 after 4 passes is within
-    0.1-0.3 points of 10 passes (which lower the training loss, not the test error), at 40% of the time.
-    """
-
-    epochs: int = 4
-    optimizer: str = "sgd"  # SGD with momentum 0.9; or "adamw"
-    lr: float | None = None  # None: 0.1 * batch_size / 256 for SGD, 1e-2 for AdamW
-    weight_decay: float = 1e-4
-    batch_size: int = 1024  # capped so that an epoch has at least min_steps_per_epoch steps
-    min_steps_per_epoch: int = 16
-    warmup_epochs: float = 0.0
-    device: str = "auto"
-    seed: int = 0
-
 
 class LinearProbe(nn.Module):
     """MAE's linear-probe head: BatchNorm1d(affine=False) then Linear."""
@@ -202,22 +180,6 @@ COLUMNS = ["tokenizer", "top1", "top5", "knn_top1", "silhouette", "calinski_hara
            "fisher_ratio", "rankme", "gmm_heldout_nll", "n_train", "n_test", "feature_dim", "pool",
            "eval_split", "seconds"]
 GMM_COLUMNS = ("tokenizer", "n_components", "heldout_nll")
-
-
-@dataclass
-class DiscriminabilityConfig:
-    """Settings of `latentlab probe` (the probe's own seed and device serve every metric)."""
-
-    pool: str = "flatten"
-    probe: ProbeConfig = field(default_factory=ProbeConfig)
-    holdout_fraction: float = 0.2  # used only when a tokenizer has no test store
-    knn_k: int = 20
-    knn_temperature: float = 0.07
-    cluster_samples: int = 5000
-    rankme_samples: int = 25600
-    gmm_csv: str | None = None
-    gmm_k: int | None = None
-    max_memory_gb: float = DEFAULT_MAX_BYTES / 2**30  # per feature set; larger sets are streamed
 
 
 def _check_config(cfg: DiscriminabilityConfig) -> None:

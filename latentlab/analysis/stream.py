@@ -22,12 +22,11 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from latentlab.analysis.config import POOLS
 from latentlab.errors import LatentlabError
 from latentlab.latents import LatentStore
 from latentlab.utils import rank, rank_range, world_size
 
-POOLS = ("flatten", "mean")
-DEFAULT_MAX_BYTES = 4 << 30  # in-memory limit for one feature set (float32)
 DEFAULT_CHUNK_ROWS = 65536
 DEFAULT_BLOCK_ROWS = 1024  # contiguous rows read at once when shuffling
 FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from latentlab.analysis.pca import PCA
-from latentlab.analysis.stream import POOLS, Rows, check_labels
+from latentlab.analysis.config import POOLS, UmapConfig
+from latentlab.analysis.stream import Rows, check_labels
 from latentlab.errors import LatentlabError
 from latentlab.extract import TokenizerLatents, check_finite
 from latentlab.io import save_csv
@@ -25,18 +25,6 @@ from latentlab.plots.umap import plot_umap
 from latentlab.utils import progress, warn
 
 CSV_COLUMNS = ["tokenizer", "index", "label", "x", "y"]
-
-
-@dataclass
-class UmapConfig:
-    """Settings of `latentlab umap`."""
-
-    n: int = 10000
-    seed: int = 0
-    pca_dim: int = 50  # 0 skips the PCA
-    pool: str = "flatten"
-    n_neighbors: int = 15
-    min_dist: float = 0.1
 
 
 def balanced_subsample(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import click
 
 from latentlab.cli import cli
-from latentlab.analysis.gmm.config import FitGMMConfig
+from latentlab.analysis.config import FitGMMConfig
 from latentlab.cli.common import emit, json_option, parse_int_list, tokenizer_option
 
 D = FitGMMConfig()  # defaults shown in --help come from the dataclass

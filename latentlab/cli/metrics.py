@@ -6,6 +6,7 @@ import click
 
 from latentlab.cli import cli
 from latentlab.cli.common import emit, json_option
+from latentlab.metrics.config import MetricsConfig
 
 extractor_option = click.option(
     "--extractor", default=None, metavar="NAME",
@@ -16,8 +17,6 @@ device_option = click.option("--device", default=None, help="cpu, cuda, cuda:N o
 
 
 def _config(**kw):
-    from latentlab.metrics.evaluate import MetricsConfig
-
     cfg = MetricsConfig()
     for k, v in kw.items():
         if v is not None:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from latentlab.analysis.umap import UmapConfig
-from latentlab.analysis.probe import ProbeConfig
+from latentlab.analysis.config import DiscriminabilityConfig, ProbeConfig, UmapConfig
 from latentlab.cli import cli
 from latentlab.cli.common import emit, json_option, tokenizer_option
 
@@ -45,7 +44,7 @@ def probe_cmd(tokenizers, out, pool, epochs, optimizer, lr, batch_size, device, 
     \b
     latentlab probe --tokenizer ae=workspace/stores/ae --tokenizer maetok=RUN --out out/probe
     """
-    from latentlab.analysis.probe import DiscriminabilityConfig, run_probe, summary_text
+    from latentlab.analysis.probe import run_probe, summary_text
     from latentlab.config import merge
     from latentlab.extract import resolve_tokenizers
 
@@ -77,7 +76,7 @@ def umap_cmd(tokenizers, out, n, seed, pca_dim, pool, dataset, as_json):
     with random_state=SEED, so the same seed gives the same umap.csv (umap-learn is then
     single-threaded). Writes OUT/umap.csv (tokenizer, index, label, x, y) and OUT/umap.png.
     """
-    from latentlab.analysis.umap import UmapConfig, run_umap
+    from latentlab.analysis.umap import run_umap
     from latentlab.config import merge
     from latentlab.extract import resolve_tokenizers
 

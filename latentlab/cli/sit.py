@@ -6,7 +6,7 @@ import click
 
 from latentlab.cli import cli
 from latentlab.cli.common import emit, json_option
-from latentlab.sit.model import SIT_MODELS
+from latentlab.sit.config import SIT_MODELS, SampleConfig, SiTTrainConfig
 
 
 def _overrides(**kw) -> dict:
@@ -40,7 +40,7 @@ def train_sit_cmd(tokenizer, model, steps, out, config_path, batch_size, lr, ema
     latentlab train-sit --tokenizer workspace/stores/pixels --model SiT-tiny --steps 2000 --out runs/sit-pixels
     """
     from latentlab.config import from_dict, load_mapping
-    from latentlab.sit.training import SiTTrainConfig, train_sit
+    from latentlab.sit.training import train_sit
 
     base = load_mapping(config_path) if config_path else {}
     base.update(_overrides(model=model, normalization=normalization, time_sampling=time_sampling))
@@ -79,7 +79,7 @@ def sample_cmd(run, n, cfg_scale, guidance_interval, steps, sampler, class_label
     latentlab sample --sit runs/sit-pixels --n 1000 --cfg 1.0 --steps 50 --sampler heun --out samples/
     """
     from latentlab.config import from_dict
-    from latentlab.sit.sample import SampleConfig, sample
+    from latentlab.sit.sample import sample
 
     over = _overrides(n=n, cfg=cfg_scale, guidance_interval=guidance_interval or None, steps=steps,
                       sampler=sampler, class_label=class_label, seed=seed, batch_size=batch_size,

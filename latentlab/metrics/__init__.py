@@ -7,11 +7,9 @@
     images.py      PNG folders and images.npz as checked, streamed image sets
     recon.py       PSNR and Gaussian-window SSIM in torch (skimage conventions)
     evaluate.py    pipelines behind `latentlab fid`, `eval-tokenizer` and `eval-sit`
+    config.py      their settings (`MetricsConfig`), torch-free for the CLI
 
 A distance is called FID only when the extractor is Inception-v3; everything else is
 labelled by its extractor ("fd_lenet", "rfd_lenet", "gfd_lenet", "fd_dinov2", ...).
+Import the submodules directly (this package imports nothing, so `metrics.config` stays torch-free).
 """
-
-from latentlab.metrics.fid import FeatureStats, GaussianStats, feature_statistics, frechet_distance, inception_score
-
-__all__ = ["FeatureStats", "GaussianStats", "feature_statistics", "frechet_distance", "inception_score"]

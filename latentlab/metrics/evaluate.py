@@ -11,7 +11,6 @@ extractor's description (for lenet its test accuracy) next to it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -24,39 +23,19 @@ from latentlab.errors import LatentlabError
 from latentlab.extract import open_tokenizer
 from latentlab.io import save_csv, save_json
 from latentlab.latents import count_nonfinite_rows
-from latentlab.outputs import check_output, output_dir
+from latentlab.metrics.config import EMBEDDED_DATASETS, MetricsConfig
 from latentlab.metrics.extractors import FeatureExtractor, get_extractor
 from latentlab.metrics.fid import FeatureStats, GaussianStats, fd_between, inception_score
 from latentlab.metrics.images import ImageSet, open_images
 from latentlab.metrics.recon import recon_metrics, ssim_sigma
 from latentlab.metrics.stats import FeatureSummary, compute_features, real_statistics
+from latentlab.outputs import check_output, output_dir
 from latentlab.plots.recon import plot_recon_grid, plot_samples
 from latentlab.sit.sample import SampleConfig, balanced_labels, decode_latents, decoder_for, load_sit, sample_latents
 from latentlab.tokenizers.training import reconstruct
 from latentlab.utils import get_device, progress
 
-EMBEDDED_DATASETS = ("mnist5k", "digits", "shapes")
 FID_KIND, RECON_KIND, GFID_KIND = "fid output", "eval-tokenizer output", "eval-sit output"  # `.latentlab` kinds
-
-
-@dataclass
-class MetricsConfig:
-    """Settings of `fid`, `eval-tokenizer` and `eval-sit`; defaults live here only."""
-
-    extractor: str = "lenet"
-    batch_size: int = 250
-    device: str = "auto"
-    is_splits: int = 10
-    real_limit: int | None = None       # a fixed random subset of N real images (None: the whole split)
-    lenet_dataset: str | None = None    # data the lenet is trained on when --real is not a dataset
-    n: int | None = None                # gFID samples: None = 10,000 (embedded data) or 50,000
-    cfg: float = 1.0                    # gFID sampling: guidance scale, steps, sampler, seed, weights
-    steps: int = 50
-    sampler: str = "heun"
-    seed: int = 0
-    weights: str = "ema"
-    chunk: int = 5000                   # gFID samples decoded at a time
-    grid: int = 16                      # eval-tokenizer: originals shown in the grid
 
 
 def parse_real(spec: str) -> tuple[str, str]:

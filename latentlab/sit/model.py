@@ -1,8 +1,9 @@
 """SiT: a DiT-style transformer that predicts flow-matching velocities on latents.
 
 In reading order: sin-cos position tables, timestep/label embedders, input embedders
-(1D tokens or 2D grids), the adaLN-Zero block, the final layer, the model, size presets
-and the registry `SIT_MODELS` at the bottom (after facebookresearch/DiT and willisma/SiT).
+(1D tokens or 2D grids), the adaLN-Zero block, the final layer, the model, and `sit_config`,
+which builds a size preset of the registry `SIT_MODELS` for given latents (after
+facebookresearch/DiT and willisma/SiT). The registry and `SiTConfig` are torch-free, in `sit/config.py`.
 
 Attention (SDPA), the MLP and patchify come from `latentlab.tokenizers.blocks`; the adaLN-Zero
 block that conditions them on (t, y) lives here. Inputs follow the LatentStore layouts:
@@ -16,7 +17,7 @@ The timestep t lies in [0, 1] (t = 0 noise, t = 1 data; see `latentlab.sit.trans
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -24,25 +25,8 @@ import torch.nn as nn
 
 from latentlab.config import from_dict
 from latentlab.errors import LatentlabError
+from latentlab.sit.config import LAYOUTS, SIT_MODELS, SiTConfig
 from latentlab.tokenizers.blocks import Attention, Mlp, PatchEmbed, sincos_1d, sincos_2d, unpatchify
-
-LAYOUTS = ("tokens", "grid")
-
-
-@dataclass
-class SiTConfig:
-    """Architecture of one SiT; stored as a plain dict in the run's config.json."""
-
-    depth: int = 4
-    hidden_size: int = 128
-    num_heads: int = 4
-    mlp_ratio: float = 4.0
-    patch_size: int = 2           # grid layout only: p x p patches
-    token_patch: int = 1          # tokens layout only: groups of p consecutive tokens
-    sample_shape: tuple[int, ...] = (16, 8)   # (T, C) for "tokens", (C, H, W) for "grid"
-    layout: str = "tokens"
-    num_classes: int = 10         # 0 = unconditional (only the null class exists)
-    time_scale: float = 1000.0    # t in [0, 1] is scaled by this before the sinusoidal embedding
 
 
 # ---------------------------------------------------------------- conditioning embedders
@@ -229,23 +213,7 @@ class SiT(nn.Module):
         return self.embed.unembed(self.final(h, c))        # (N, *sample_shape)
 
 
-# ---------------------------------------------------------------- presets and registry
-
-def _preset(depth: int, hidden_size: int, num_heads: int, patch_size: int = 2) -> dict:
-    return {"depth": depth, "hidden_size": hidden_size, "num_heads": num_heads, "patch_size": patch_size}
-
-
-SIT_MODELS: dict[str, dict] = {
-    "SiT-tiny": _preset(4, 128, 4),        # CPU preset for the embedded data
-    "SiT-S": _preset(12, 384, 6),
-    "SiT-B": _preset(12, 768, 12),
-    "SiT-L": _preset(24, 1024, 16),
-    "SiT-XL": _preset(28, 1152, 16),
-}
-# SiT-S/2 style names (patch 2 on grids) resolve to the same presets.
-SIT_MODELS.update({f"{k}/{p}": {**v, "patch_size": p} for k, v in list(SIT_MODELS.items())
-                   if k != "SiT-tiny" for p in (1, 2, 4, 8)})
-
+# ---------------------------------------------------------------- presets (the registry SIT_MODELS is in sit/config.py)
 
 def sit_config(name: str, sample_shape: tuple[int, ...], layout: str, num_classes: int,
                overrides: dict | None = None) -> SiTConfig:

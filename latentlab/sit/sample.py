@@ -12,7 +12,6 @@ decoded through it into OUT/images/*.png, OUT/images.npz (uint8 N x H x W x C) a
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,37 +25,11 @@ from latentlab.io import load_json, load_run_weights, save_json, save_npy
 from latentlab.latents import count_nonfinite_rows
 from latentlab.outputs import check_output, output_dir
 from latentlab.plots.sit import image_grid, save_png
-from latentlab.sit.model import SiT, SiTConfig
+from latentlab.sit.config import SampleConfig, SiTConfig
+from latentlab.sit.model import SiT
 from latentlab.sit.training import denormalize
 from latentlab.sit.transport import Sampler, guided_velocity, integrate, parse_enum
 from latentlab.utils import derive_seed, get_device, info, progress
-
-
-@dataclass
-class SampleConfig:
-    """Settings of `latentlab sample`; defaults live here only."""
-
-    n: int = 1000
-    cfg: float = 1.0
-    steps: int = 50
-    sampler: str = "heun"
-    class_label: int | None = None
-    seed: int = 0
-    batch_size: int = 250
-    guidance_interval: tuple[float, float] | None = None   # in t (0 = noise, 1 = data)
-    sde_scale: float = 1.0
-    weights: str = "ema"
-    device: str = "auto"
-    decode: bool = True
-    max_pngs: int = 10_000
-    grid_size: int = 100
-
-    def __post_init__(self):
-        parse_enum(Sampler, self.sampler, "sampler")
-        if self.n < 1 or self.steps < 1 or self.batch_size < 1:
-            raise ValueError("n, steps and batch_size must be >= 1")
-        if self.guidance_interval is not None:
-            self.guidance_interval = tuple(float(v) for v in self.guidance_interval)
 
 
 def load_sit(run: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[SiT, dict]:

@@ -22,66 +22,22 @@ true labels (no dropout, no guidance), as the per-sample mean over all latent di
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from latentlab.config import from_dict, merge
 from latentlab.errors import LatentlabError
 from latentlab.extract import TokenizerLatents, check_finite, resolve_tokenizer
 from latentlab.io import load_json, obj_hash, save_csv
 from latentlab.latents import LatentStore
 from latentlab.plots.sit import plot_heldout
+from latentlab.sit.config import SiTTrainConfig
 from latentlab.sit.model import SiT, sit_config, token_patch_for
 from latentlab.sit.transport import TimeSampling, drop_labels, flow_loss, parse_enum, sample_t
 from latentlab.trainer import TrainConfig, TrainTask, check_run_dir, index_batch, train, unwrap
 from latentlab.utils import derive_seed, torch_seeded
-
-NORMALIZATIONS = ("channel", "global", "none")
-
-# Optimisation defaults of SiT (the SiT paper: AdamW lr 1e-4, no weight decay, constant lr, EMA 0.9999).
-SIT_TRAIN_DEFAULTS: dict = {"lr": 1e-4, "weight_decay": 0.0, "betas": (0.9, 0.999), "warmup_steps": 0,
-                            "schedule": "constant", "grad_clip": 0.0, "ema_decay": 0.9999,
-                            "batch_size": 64, "eval_every": 250, "log_every": 50}
-# Per-preset changes to those defaults. The tiny CPU preset trains a few thousand steps, where an
-# EMA of 0.9999 would still sit near its initialisation, so it averages over ~1000 steps instead.
-SIT_PRESET_TRAIN: dict[str, dict] = {"SiT-tiny": {"ema_decay": 0.999, "lr": 3e-4, "warmup_steps": 50}}
-
-
-@dataclass
-class SiTTrainConfig:
-    """Everything `train-sit` needs besides the latents; defaults live here only."""
-
-    model: str = "SiT-tiny"
-    model_overrides: dict = field(default_factory=dict)   # e.g. {"depth": 2}
-    max_tokens: int = 256                                 # longer token sequences are grouped (token_patch)
-    normalization: str = "channel"                        # channel | global | none
-    time_sampling: str = "uniform"                        # uniform | logit-normal
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    label_dropout: float = 0.1
-    heldout_size: int = 256
-    heldout_t: int = 8
-    heldout_seed: int = 0
-    eval_batch_size: int = 256
-    train: dict = field(default_factory=dict)             # overrides of TrainConfig fields
-
-    def __post_init__(self):
-        if self.normalization not in NORMALIZATIONS:
-            raise ValueError(f"normalization must be one of {NORMALIZATIONS}, got {self.normalization!r}")
-        parse_enum(TimeSampling, self.time_sampling, "time sampling")
-        if not 0.0 <= self.label_dropout < 1.0:
-            raise ValueError("label_dropout must lie in [0, 1)")
-        if self.heldout_size < 1 or self.heldout_t < 1 or self.max_tokens < 1:
-            raise ValueError("heldout_size, heldout_t and max_tokens must be >= 1")
-
-    def train_config(self, where: str = "train-sit config 'train'") -> TrainConfig:
-        """The shared loop's TrainConfig: SiT defaults, then the preset's, then `train` overrides."""
-        base = from_dict(TrainConfig, {**SIT_TRAIN_DEFAULTS, **SIT_PRESET_TRAIN.get(self.model, {})}, "SiT training")
-        return merge(base, self.train, where)
-
 
 # ---------------------------------------------------------------- normalisation
 

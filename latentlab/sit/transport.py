@@ -20,39 +20,14 @@ Classifier-free guidance is v_u + w * (v_c - v_u) on *all* channels (not the fir
 
 from __future__ import annotations
 
-import enum
 from typing import Callable
 
 import torch
 
 from latentlab.errors import LatentlabError
+from latentlab.sit.config import Sampler, TimeSampling, parse_enum
 
 VelocityFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]  # (x (N, ...), t (N,)) -> v (N, ...)
-
-
-class TimeSampling(enum.Enum):
-    """How training draws t."""
-
-    UNIFORM = "uniform"
-    LOGIT_NORMAL = "logit-normal"
-
-
-class Sampler(enum.Enum):
-    """Integrators from t = 0 (noise) to t = 1 (data)."""
-
-    EULER = "euler"
-    HEUN = "heun"
-    SDE = "sde"
-
-
-def parse_enum(kind: type[enum.Enum], value: str | enum.Enum, what: str) -> enum.Enum:
-    """A string from the CLI/config -> enum member; anything unknown is a one-line error."""
-    if isinstance(value, kind):
-        return value
-    try:
-        return kind(str(value).lower())
-    except ValueError:
-        raise LatentlabError(f"unknown {what} {value!r}; use one of {', '.join(m.value for m in kind)}") from None
 
 
 def _bcast(t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

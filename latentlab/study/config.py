@@ -8,18 +8,15 @@ from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
 
-from latentlab.analysis.gmm.config import FitGMMConfig, check_config
-from latentlab.analysis.probe import DiscriminabilityConfig, ProbeConfig
-from latentlab.analysis.umap import UmapConfig
+from latentlab.analysis.config import DiscriminabilityConfig, FitGMMConfig, ProbeConfig, UmapConfig, check_config
 from latentlab.config import check_fields, from_dict, load_mapping
 from latentlab.data import DATASETS, parse_spec
 from latentlab.errors import LatentlabError
-from latentlab.metrics.evaluate import MetricsConfig
-from latentlab.sit.sample import SampleConfig
-from latentlab.sit.training import SiTTrainConfig
-from latentlab.tokenizers.models import TOKENIZERS, TokenizerConfig
+from latentlab.metrics.config import MetricsConfig
+from latentlab.sit.config import SampleConfig, SiTTrainConfig
+from latentlab.tokenizers.config import TokenizerConfig, TokenizerRunConfig
+from latentlab.tokenizers.models import TOKENIZERS
 from latentlab.tokenizers.targets import TEACHER_PACKAGES
-from latentlab.tokenizers.training import TokenizerRunConfig
 
 STUDY_VERSION = 1
 SPECIAL_ARCHS = ("pixels", "pretrained", "store")

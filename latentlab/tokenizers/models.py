@@ -15,8 +15,6 @@ at least 2), unless `patch_size` is given. `training.load_tokenizer(run)` rebuil
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -26,95 +24,8 @@ from latentlab.tokenizers.blocks import PatchEmbed, Transformer, rope_2d, sincos
 from latentlab.tokenizers.losses import (DeterministicPosterior, DiagonalGaussian, PatchDiscriminator, adaptive_weight,
                                          hinge_d_loss, hinge_g_loss, load_perceptual, masked_mse,
                                          reconstruction_loss, vf_loss)
+from latentlab.tokenizers.config import TokenizerConfig
 from latentlab.tokenizers.targets import make_target
-
-STAGES = ("full", "decoder-finetune")
-
-
-@dataclass
-class TokenizerConfig:
-    """Architecture and loss settings of one tokenizer; stored as a plain dict in config.json."""
-
-    arch: str = "ae"
-    size: str = "tiny"
-    image_size: int = 32
-    channels: int = 1
-    patch_size: int | None = None      # None: keep the preset's patch grid
-    width: int | None = None           # None: from the size preset (likewise the fields below)
-    depth: int | None = None
-    heads: int | None = None
-    dec_width: int | None = None
-    dec_depth: int | None = None
-    num_tokens: int | None = None
-    token_dim: int | None = None
-    mlp_ratio: float = 4.0
-    rope_base: float = 100.0
-    rec_loss: str = "l2"               # l1 | l2 (the paper's L1 stalls at the background median on sparse digits)
-    kl_weight: float = 1e-6            # vae, vavae
-    perceptual: str | None = None      # path of a TorchScript LPIPS-like net(x_hat, x); off by default
-    perceptual_weight: float = 1.0
-    gan_weight: float = 0.0            # hinge GAN with adaptive weight; 0 = off
-    gan_start: int = 0
-    teacher: str = "hog"               # vavae alignment target (hog | pixels | dinov2:PATH | clip:PATH | torchscript:PATH)
-    align_weight: float = 0.1
-    align_m1: float = 0.5
-    align_m2: float = 0.25
-    align_adaptive: bool = True
-    mask: bool = True                  # maetok: random masking of patch embeddings
-    mask_min: float = 0.4
-    mask_max: float = 0.6
-    learnable_tokens: bool = True      # maetok ablation: False = latents pooled from the image (patch) tokens
-    aux_targets: list[str] = field(default_factory=lambda: ["hog"])  # maetok auxiliary decoders
-    aux_depth: int = 1
-    aux_weight: float = 1.0
-    stage: str = "full"                # full | decoder-finetune (encoder frozen, masking off)
-
-    def __post_init__(self):
-        if self.arch not in TOKENIZERS:
-            raise ValueError(f"unknown arch {self.arch!r}; choose one of {', '.join(TOKENIZERS)}")
-        if self.size not in SIZES:
-            raise ValueError(f"unknown size {self.size!r}; choose one of {', '.join(SIZES)}")
-        if self.stage not in STAGES:
-            raise ValueError(f"unknown stage {self.stage!r}; choose one of {', '.join(STAGES)}")
-        if not 0.0 <= self.mask_min <= self.mask_max < 1.0:
-            raise ValueError("need 0 <= mask_min <= mask_max < 1")
-        self.aux_targets = list(self.aux_targets)
-        preset = SIZES[self.size]
-        for k, v in preset.items():
-            if k != "image_size" and getattr(self, k, None) is None and k != "patch_size":
-                setattr(self, k, v)
-        if self.patch_size is None:
-            grid = preset["image_size"] // preset["patch_size"]
-            self.patch_size = max(2, self.image_size // grid)
-        if self.image_size % self.patch_size:
-            raise ValueError(f"image size {self.image_size} is not divisible by patch size {self.patch_size}")
-        if (self.width // self.heads) % 4 or (self.dec_width // self.heads) % 4:
-            raise ValueError("width / heads must be divisible by 4 (2D RoPE)")
-
-    @property
-    def grid(self) -> int:
-        return self.image_size // self.patch_size
-
-    def teacher_label(self) -> str:
-        """What the run was aligned to / predicted, for tables: e.g. 'hog', 'hog+pixels', '-'."""
-        if self.arch == "vavae":
-            return self.teacher.split(":")[0] if not self.teacher.startswith("torchscript") else self.teacher
-        if self.arch == "maetok":
-            return "+".join(self.aux_targets) or "-"
-        return "-"
-
-
-SIZES: dict[str, dict] = {
-    "tiny": dict(image_size=32, patch_size=4, width=96, depth=2, heads=4, dec_width=96, dec_depth=2,
-                 num_tokens=16, token_dim=16),
-    "small": dict(image_size=32, patch_size=2, width=256, depth=6, heads=4, dec_width=256, dec_depth=6,
-                  num_tokens=32, token_dim=12),
-    "S": dict(image_size=256, patch_size=16, width=384, depth=12, heads=6, dec_width=384, dec_depth=12,
-              num_tokens=128, token_dim=32),
-    "B": dict(image_size=256, patch_size=16, width=768, depth=12, heads=12, dec_width=768, dec_depth=12,
-              num_tokens=128, token_dim=32),
-}
-
 
 class Encoder(nn.Module):
     """Patch tokens (+ optional mask token) and latent tokens through a transformer -> (B, T, out_dim)."""

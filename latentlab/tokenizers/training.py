@@ -8,7 +8,6 @@ overrides. Unknown keys are errors at every level.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -20,33 +19,10 @@ from latentlab.data import ImageDataset, get_dataset, to_uint8
 from latentlab.errors import LatentlabError
 from latentlab.io import atomic_path, file_hash, load_json, load_run_weights
 from latentlab.metrics.recon import psnr, to_unit
-from latentlab.tokenizers.models import AETokenizer, TokenizerConfig, build_tokenizer
-from latentlab.trainer import TrainConfig, TrainTask, check_run_dir, index_batch, train
+from latentlab.tokenizers.config import TokenizerConfig, TokenizerRunConfig
+from latentlab.tokenizers.models import AETokenizer, build_tokenizer
+from latentlab.trainer import TrainTask, check_run_dir, index_batch, train
 from latentlab.utils import torch_seeded
-
-# Tokenizer training defaults (override any TrainConfig field under `train:` or on the command line).
-TRAIN_DEFAULTS = dict(steps=1000, batch_size=32, lr=2e-3, weight_decay=0.0, warmup_steps=100, min_lr_ratio=0.05,
-                      ema_decay=0.995, log_every=50, eval_every=250, ckpt_every=500)
-
-
-@dataclass
-class TokenizerRunConfig:
-    """Everything one `train-tokenizer` run needs; defaults live here, not in the CLI."""
-
-    arch: str = "ae"
-    size: str = "tiny"
-    dataset: str = "mnist5k"
-    image_size: int | None = None      # None: the dataset's native size
-    stage: str = "full"                # full | decoder-finetune (needs init)
-    init: str | None = None            # run to start the decoder fine-tune from
-    eval_images: int = 256             # held-out images for PSNR
-    sample_images: int = 8             # reconstructions in each samples/ grid
-    model: dict = field(default_factory=dict)
-    train: dict = field(default_factory=dict)
-
-    def train_config(self, where: str = "train config") -> TrainConfig:
-        """The TrainConfig: tokenizer defaults, then the `train` overrides."""
-        return from_dict(TrainConfig, {**TRAIN_DEFAULTS, **self.train}, where)
 
 
 def save_grid(rows: list[torch.Tensor], path: Path, min_side: int = 64) -> None:

@@ -27,8 +27,8 @@ from typing import Sequence
 import numpy as np
 
 import latentlab.analysis.gmm.official as official
-from latentlab.analysis.gmm.config import (COLUMNS, FitGMMConfig, GMMFeatures, check_config, check_sizes,
-                                          PROTOCOL_NAMES, split_rows)
+from latentlab.analysis.config import PROTOCOL_NAMES, FitGMMConfig, check_config
+from latentlab.analysis.gmm.config import COLUMNS, GMMFeatures, check_sizes, split_rows
 from latentlab.analysis.gmm.mixture import ConvergenceWarning, GaussianMixture
 from latentlab.analysis.pca import PCA, common_dim
 from latentlab.extract import TokenizerLatents, check_finite, resolve_tokenizers
