@@ -1,10 +1,12 @@
 """Tokenizer -> LatentStore: deterministic (posterior mode), batched, sharded across torchrun ranks.
 
-A tokenizer is named by a run directory (`latentlab train-tokenizer`) or an external spec
-`diffusers:PATH_OR_REPO` (a diffusers AutoencoderKL from a local folder or the hub cache; see
-`latentlab.tokenizers.external`). Run tokenizers give "tokens" stores of shape (T, C); AutoencoderKL
-gives "grid" stores of shape (C, H, W). The manifest records the tokenizer, its checkpoint hash
-and the normalisation statistics (per-channel and global mean/std) that SiT uses.
+A tokenizer is named by a run directory (`latentlab train-tokenizer`) or an external spec:
+`diffusers:SOURCE[:ARGS]` (a diffusers AutoencoderKL or AutoencoderDC from a folder, a single
+LDM-layout checkpoint or the hub cache; `latentlab.tokenizers.external`) or
+`python:MODULE:CALLABLE[:ARGS]` (your own code, or a registered plug-in; `latentlab.tokenizers.plugins`).
+Latents of shape (T, C) give "tokens" stores, (C, H, W) "grid" stores. The manifest records the
+tokenizer (for plug-ins: module, callable, kwargs and file hashes), its checkpoint hash and the
+normalisation statistics (per-channel and global mean/std) that SiT uses.
 
 `cached_latents(run, dataset, split)` extracts on first use into RUN/latents/<dataset>/<split> and
 reuses that store while the checkpoint hash is unchanged.
@@ -17,8 +19,8 @@ A tokenizer argument is `[LABEL=]SPEC`, where SPEC is one of
   - a LatentStore directory, or a store set with train/ and test/ stores;
   - a tokenizer run directory (latents are extracted on first use and cached in
     RUN/latents/<dataset>/<split>, reused while the checkpoint hash is unchanged);
-  - a pretrained tokenizer "diffusers:PATH_OR_REPO" (needs the dataset; latents cached in
-    WORKSPACE/pretrained/);
+  - an external tokenizer "diffusers:..." or "python:..." (needs the dataset; latents cached in
+    WORKSPACE/pretrained/, redone when the checkpoint or plug-in module changes);
   - a name under the workspace: WORKSPACE/stores/NAME or WORKSPACE/runs/NAME.
 The workspace is $LATENTLAB_WORKSPACE, or ./workspace.
 """
@@ -36,26 +38,32 @@ import torch
 
 from latentlab.data import get_dataset
 from latentlab.errors import LatentlabError
-from latentlab.io import file_hash, load_json, workspace_root
+from latentlab.io import file_hash, load_json, obj_hash, workspace_root
 from latentlab.latents import STORE_KIND, STORE_SET_KIND, LatentStore, count_nonfinite_rows, is_store, open_split
 from latentlab.outputs import check_output, output_dir
-from latentlab.tokenizers.external import load_autoencoder_kl
+from latentlab.tokenizers.external import PREFIX as DIFFUSERS, SINGLE_FILE, load_diffusers, parse_diffusers
+from latentlab.tokenizers.plugins import describe_plugin, is_plugin, load_plugin, parse_plugin
 from latentlab.tokenizers.training import load_tokenizer
 from latentlab.utils import get_device, is_main, progress, rank, rank_range, world_size
 
 
+def is_external(spec: str | Path) -> bool:
+    """True for a tokenizer that latentlab did not train: a `diffusers:` or `python:` spec."""
+    return str(spec).startswith(DIFFUSERS) or is_plugin(spec)
+
+
 def open_tokenizer(spec: str | Path, weights: str = "ema", device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """A tokenizer and its description (name, checkpoint_hash, layout, image_size, channels, dataset, ...)."""
+    """A tokenizer and its description (name, checkpoint_hash, image_size, channels, dataset, decodes, ...)."""
     spec = str(spec)
-    if spec.startswith("diffusers:"):
-        model, info = load_autoencoder_kl(spec.partition(":")[2])
+    if is_external(spec):
+        model, info = load_diffusers(spec) if spec.startswith(DIFFUSERS) else load_plugin(spec)
         return model.to(device).eval(), info
     run = Path(os.path.expanduser(spec))
     model, cfg = load_tokenizer(run, weights, device)
     m = cfg["model"]
     return model, {"name": run.name, "checkpoint_hash": file_hash(run / f"{weights}.safetensors"), "layout": "tokens",
                    "image_size": m["image_size"], "channels": m["channels"], "dataset": cfg.get("dataset"),
-                   "tokenizer": {"run": str(run), "arch": cfg.get("arch"), "size": cfg.get("size"),
+                   "decodes": True, "tokenizer": {"run": str(run), "arch": cfg.get("arch"), "size": cfg.get("size"),
                                  "teacher": cfg.get("teacher"), "stage": cfg.get("stage"), "weights": weights}}
 
 
@@ -66,6 +74,11 @@ def encode_dataset(model: torch.nn.Module, ds, start: int, end: int, batch_size:
         x, y = ds.get_batch(np.arange(i, min(i + batch_size, end)))
         z = model.encode(x.to(device)).mode()  # (B, T, C) or (B, C, H, W)
         yield z.float().cpu().numpy(), y.numpy()
+
+
+def _layout(z: np.ndarray) -> str:
+    """The LatentStore layout of a batch of latents: (B, T, C) tokens or (B, C, H, W) grid."""
+    return "tokens" if z.ndim == 3 else "grid"
 
 
 def extract(tokenizer: str | Path, dataset: str | None = None, split: str = "train", out: str | Path | None = None,
@@ -82,12 +95,12 @@ def extract(tokenizer: str | Path, dataset: str | None = None, split: str = "tra
     if not dataset:
         raise LatentlabError(f"{tokenizer} does not record its dataset; pass --dataset")
     ds = get_dataset(dataset, split, image_size=info["image_size"])
-    if ds.channels != info["channels"]:
+    if info["channels"] is not None and ds.channels != info["channels"]:
         raise LatentlabError(f"{tokenizer} expects {info['channels']}-channel images but {dataset} has {ds.channels}; "
                              "pick a matching dataset")
     meta = {"name": name or info["name"], "tokenizer": info.get("tokenizer", info["name"]),
             "checkpoint_hash": info["checkpoint_hash"], "dataset": dataset, "split": split,
-            "encode": "posterior mode", "image_size": info["image_size"], "spec": str(tokenizer)}
+            "encode": "posterior mode", "image_size": ds.image_size, "channels": ds.channels, "spec": str(tokenizer)}
     out = Path(out)
     r, ws = rank(), world_size()
     start, end = rank_range(len(ds), r, ws)
@@ -95,7 +108,7 @@ def extract(tokenizer: str | Path, dataset: str | None = None, split: str = "tra
         writer = None
         for z, y in encode_dataset(model, ds, start, end, batch_size, dev):
             if writer is None:
-                writer = LatentStore.writer(out, z.shape[1:], dict(meta), layout=info["layout"])
+                writer = LatentStore.writer(out, z.shape[1:], dict(meta), layout=_layout(z))
             try:
                 writer.append(z, y)
             except BaseException:
@@ -122,7 +135,7 @@ def extract(tokenizer: str | Path, dataset: str | None = None, split: str = "tra
                     continue
                 with np.load(f) as d:
                     if writer is None:
-                        writer = LatentStore.writer(out, d["z"].shape[1:], dict(meta), layout=info["layout"])
+                        writer = LatentStore.writer(out, d["z"].shape[1:], dict(meta), layout=_layout(d["z"]))
                     writer.append(d["z"], d["y"])
             writer.close()
         torch.distributed.barrier()
@@ -163,18 +176,30 @@ def _cached(path: Path, still_valid, build) -> LatentStore:
 
 
 def cached_pretrained(spec: str, dataset: str | None, split: str = "train") -> LatentStore:
-    """Latents of a pretrained tokenizer spec (e.g. "diffusers:PATH") on `dataset`/`split`, cached in the workspace.
+    """Latents of an external tokenizer spec ("diffusers:..." or "python:...") on `dataset`/`split`, cached in the workspace.
 
     The cache lives in WORKSPACE/pretrained/<spec>/<dataset>/<split> and is reused while the store
-    records the same spec and checkpoint hash (the hash is read from the store, so reuse does not load
-    the model).
+    records the same spec and, for a plug-in, the same hash of its module file and the files its
+    kwargs name (computed without building the model; a diffusers checkpoint hash is read from the
+    store, so reuse does not load the model).
     """
     if not dataset:
         raise LatentlabError(f"{spec} is a pretrained tokenizer: give --dataset to say which images to encode")
     slug = re.sub(r"[^A-Za-z0-9._-]+", "_", spec)
+    slug = slug if len(slug) <= 120 else f"{slug[:100]}-{obj_hash(spec)}"
     path = cache_dir(workspace_root() / "pretrained" / slug, dataset, split)
-    return _cached(path, lambda m: m.get("meta", {}).get("spec") == spec,
+    current = describe_plugin(spec)["checkpoint_hash"] if is_plugin(spec) else None
+    return _cached(path, lambda m: m.get("meta", {}).get("spec") == spec
+                   and (current is None or m.get("checkpoint_hash") == current),
                    lambda: extract(spec, dataset, split, out=path, name=slug))
+
+
+def default_label(spec: str) -> str:
+    """The name an unlabelled external tokenizer gets: the plug-in's callable or entry point, the diffusers folder."""
+    if is_plugin(spec):
+        return parse_plugin(spec).label
+    source = Path(parse_diffusers(spec)[0].rstrip("/"))
+    return source.stem if source.suffix in SINGLE_FILE else source.name
 
 
 # ---------------------------------------------------------------- importing
@@ -309,13 +334,12 @@ def resolve_path(spec: str) -> Path:
 def resolve_tokenizer(arg: str, dataset: str | None = None, need_test: bool = False) -> TokenizerLatents:
     """Resolve one `--tokenizer [LABEL=]SPEC` argument to its train (and test) latent stores."""
     label, sep, spec = arg.partition("=")
-    if not sep:
+    if not sep or not re.fullmatch(r"[\w.+-]+", label):  # no label: the "=" belongs to the spec
         label, spec = "", arg
-    if spec.startswith("diffusers:"):
+    if is_external(spec):
         train = cached_pretrained(spec, dataset, "train")
         test = cached_pretrained(spec, dataset, "test")
-        return TokenizerLatents(name=label or spec.split(":", 1)[1].rstrip("/").split("/")[-1], train=train,
-                                test=test, source=spec)
+        return TokenizerLatents(name=label or default_label(spec), train=train, test=test, source=spec)
     path = resolve_path(spec)
     if _is_run(path):
         train = cached_latents(path, dataset=dataset, split="train")

@@ -9,6 +9,7 @@ import torch
 
 from latentlab.data import get_dataset
 from latentlab.errors import LatentlabError
+from latentlab.io import file_hash
 from latentlab.extract import cached_latents, extract
 from latentlab.latents import LatentStore
 from latentlab.tokenizers.training import TokenizerRunConfig, train_tokenizer
@@ -177,3 +178,99 @@ def test_two_rank_extraction_equals_one_rank(run_dir, tmp_path):
     assert np.allclose(one.load()[0], two.load()[0], atol=1e-6)
     assert np.array_equal(one.labels, two.labels)
     assert not list(tmp_path.glob(".two.part-*"))  # the rank part files are cleaned up
+
+
+def _to_ldm_layout(state: dict, n_blocks: int) -> dict:
+    """A diffusers AutoencoderKL state dict renamed to the original LDM layout (as released VAE files are)."""
+    import re
+
+    rules = [(r"encoder\.down_blocks\.(\d+)\.resnets\.(\d+)", lambda m: f"encoder.down.{m[1]}.block.{m[2]}"),
+             (r"encoder\.down_blocks\.(\d+)\.downsamplers\.0", lambda m: f"encoder.down.{m[1]}.downsample"),
+             (r"decoder\.up_blocks\.(\d+)\.resnets\.(\d+)", lambda m: f"decoder.up.{n_blocks - 1 - int(m[1])}.block.{m[2]}"),
+             (r"decoder\.up_blocks\.(\d+)\.upsamplers\.0", lambda m: f"decoder.up.{n_blocks - 1 - int(m[1])}.upsample"),
+             (r"mid_block\.resnets\.(\d+)", lambda m: f"mid.block_{int(m[1]) + 1}")]
+    names = {"mid_block.attentions.0": "mid.attn_1", "conv_shortcut": "nin_shortcut", "conv_norm_out": "norm_out",
+             "attn_1.group_norm": "attn_1.norm", "attn_1.to_q": "attn_1.q", "attn_1.to_k": "attn_1.k",
+             "attn_1.to_v": "attn_1.v", "attn_1.to_out.0": "attn_1.proj_out"}
+    out = {}
+    for key, value in state.items():
+        for pattern, repl in rules:
+            key = re.sub(pattern, repl, key)
+        for old, new in names.items():
+            key = key.replace(old, new)
+        if "attn_1" in key and key.endswith("weight") and value.ndim == 2:
+            value = value[:, :, None, None]  # LDM attention projections are 1x1 convolutions
+        out[key] = value.contiguous()
+    return out
+
+
+def _tiny_kl():
+    import diffusers
+
+    torch.manual_seed(0)
+    return diffusers.AutoencoderKL(in_channels=1, out_channels=1, down_block_types=("DownEncoderBlock2D",) * 2,
+                                   up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16),
+                                   layers_per_block=1, latent_channels=2, norm_num_groups=4, sample_size=8)
+
+
+def test_diffusers_single_file_ldm_checkpoint(tmp_path):
+    """An original-LDM-layout VAE file loads through from_single_file and encodes as the model it came from."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint
+    from safetensors.torch import save_file
+
+    from latentlab.extract import resolve_tokenizer
+
+    vae = _tiny_kl()
+    vae.save_pretrained(tmp_path / "cfg")  # the config folder a single file needs offline
+    ldm = _to_ldm_layout(vae.state_dict(), 2)
+    assert {"encoder.down.0.block.0.conv1.weight", "decoder.up.1.block.0.conv1.weight", "encoder.mid.attn_1.q.weight",
+            "decoder.mid.block_2.conv2.weight"} <= set(ldm)
+    back = convert_ldm_vae_checkpoint(dict(ldm), dict(vae.config))  # diffusers' own converter undoes the renaming
+    assert all(torch.equal(back[k].reshape(v.shape), v) for k, v in vae.state_dict().items())
+    save_file(ldm, str(tmp_path / "vae-ldm.safetensors"))
+    spec = f"diffusers:{tmp_path / 'vae-ldm.safetensors'}:config={tmp_path / 'cfg'}"
+    store = extract(spec, "digits", "test", tmp_path / "store", device="cpu")
+    x = get_dataset("digits", "test").get_batch(np.arange(3))[0]
+    with torch.no_grad():
+        ref = vae.encode(x).latent_dist.mode().numpy()
+    assert store.manifest["layout"] == "grid" and np.allclose(store.get(0, 3), ref, atol=1e-5)
+    prov = store.manifest["tokenizer"]
+    assert prov["external"] == "diffusers.AutoencoderKL" and prov["spec"] == spec
+    assert store.manifest["checkpoint_hash"] == file_hash(tmp_path / "vae-ldm.safetensors")
+    assert resolve_tokenizer(spec, dataset="digits").name == "vae-ldm"
+    with pytest.raises(LatentlabError, match="config="):  # no config and an empty Hugging Face cache
+        extract(f"diffusers:{tmp_path / 'vae-ldm.safetensors'}", "digits", "test", tmp_path / "s2")
+    with pytest.raises(LatentlabError, match="unknown argument 'confg'"):
+        extract(f"diffusers:{tmp_path / 'vae-ldm.safetensors'}:confg=x", "digits", "test", tmp_path / "s2")
+    assert not (tmp_path / "s2").exists()
+
+
+def test_diffusers_autoencoder_dc(tmp_path):
+    """A (tiny, random) DC-AE folder: deterministic latents equal the model's own, decoding round-trips shapes."""
+    import diffusers
+
+    from latentlab.extract import open_tokenizer
+
+    torch.manual_seed(0)
+    dc = diffusers.AutoencoderDC(in_channels=1, latent_channels=4, attention_head_dim=4,
+                                 encoder_block_types=("ResBlock", "ResBlock"), decoder_block_types=("ResBlock", "ResBlock"),
+                                 encoder_block_out_channels=(8, 16), decoder_block_out_channels=(8, 16),
+                                 encoder_layers_per_block=(1, 1), decoder_layers_per_block=(1, 1),
+                                 encoder_qkv_multiscales=((), ()), decoder_qkv_multiscales=((), ()))
+    dc.save_pretrained(tmp_path / "dc")
+    store = extract(f"diffusers:{tmp_path / 'dc'}", "digits", "test", tmp_path / "store", device="cpu")
+    x = get_dataset("digits", "test").get_batch(np.arange(3))[0]
+    with torch.no_grad():
+        ref = dc.encode(x).latent.numpy()
+    assert store.sample_shape == (4, 4, 4) and np.allclose(store.get(0, 3), ref, atol=1e-5)
+    assert store.manifest["tokenizer"]["external"] == "diffusers.AutoencoderDC"
+    model, info = open_tokenizer(f"diffusers:{tmp_path / 'dc'}")
+    with torch.no_grad():
+        z = model.encode(x).mode()
+        assert torch.equal(model.encode(x).sample(torch.Generator().manual_seed(1)), z)  # deterministic
+        rec = model.decode(z)
+    assert rec.shape == x.shape and rec.abs().max() <= 1 and info["decodes"]
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text(json.dumps({"_class_name": "UNet2DModel"}))
+    with pytest.raises(LatentlabError, match="UNet2DModel"):
+        open_tokenizer(f"diffusers:{tmp_path / 'unet'}")

@@ -12,7 +12,8 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the su
 
 tokenizer_option = click.option(
     "--tokenizer", "tokenizers", multiple=True, required=True, metavar="[LABEL=]SPEC",
-    help="A latent store, store set, tokenizer run or workspace name; repeat for several.")
+    help="A latent store, store set, tokenizer run, workspace name, diffusers:PATH or "
+         "python:MODULE:CALLABLE[:ARG=VALUE,...] (see `latentlab tokenizers`); repeat for several.")
 
 
 def emit(summary: Any, as_json: bool, text: Callable[[Any], str] | str | None = None) -> None:

@@ -71,7 +71,8 @@ def fid_cmd(real, fake, extractor, lenet_dataset, real_limit, batch_size, device
 
 
 @cli.command("eval-tokenizer")
-@click.option("--tokenizer", "run", required=True, metavar="RUN", help="A tokenizer run directory.")
+@click.option("--tokenizer", "run", required=True, metavar="RUN_OR_SPEC",
+              help="A tokenizer run directory, diffusers:PATH or python:MODULE:CALLABLE[:ARG=VALUE,...] (with decode).")
 @extractor_option
 @click.option("--dataset", default=None, help="Dataset to evaluate on (default: the one the run was trained on).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)

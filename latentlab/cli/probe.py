@@ -31,7 +31,7 @@ def _overrides(**kw) -> dict:
               help="A gmm.csv from `latentlab fit-gmm` to join in.")
 @click.option("--gmm-k", type=int, default=None, help="The number of GMM components whose held-out NLL to report.")
 @click.option("--dataset", default=None,
-              help="Images to encode when --tokenizer is a tokenizer run or diffusers:PATH (default: the run's own).")
+              help="Images to encode when --tokenizer is a tokenizer run, diffusers: or python: spec (default: the run's own).")
 @json_option
 def probe_cmd(tokenizers, out, pool, epochs, optimizer, lr, batch_size, device, seed, gmm_csv, gmm_k, dataset, as_json):
     """Linear probe (MAE protocol) and structure metrics of each tokenizer's latents.
@@ -67,7 +67,7 @@ def probe_cmd(tokenizers, out, pool, epochs, optimizer, lr, batch_size, device, 
               help=f"PCA dimensions before UMAP (default {UmapConfig.pca_dim}; 0 skips PCA).")
 @click.option("--pool", type=click.Choice(["flatten", "mean"]), default=None, help="Flattened latents or token means.")
 @click.option("--dataset", default=None,
-              help="Images to encode when --tokenizer is a tokenizer run or diffusers:PATH (default: the run's own).")
+              help="Images to encode when --tokenizer is a tokenizer run, diffusers: or python: spec (default: the run's own).")
 @json_option
 def umap_cmd(tokenizers, out, n, seed, pca_dim, pool, dataset, as_json):
     """2-D UMAP of each tokenizer's latents, coloured by class (MAETok Figure 4).

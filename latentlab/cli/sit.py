@@ -15,7 +15,7 @@ def _overrides(**kw) -> dict:
 
 @cli.command("train-sit")
 @click.option("--tokenizer", required=True, metavar="[LABEL=]SPEC",
-              help="A latent store, store set, tokenizer run or workspace name.")
+              help="A latent store, store set, tokenizer run, workspace name, diffusers:PATH or python:MODULE:CALLABLE.")
 @click.option("--model", type=click.Choice(list(SIT_MODELS)), default=None, help="SiT size preset (default SiT-tiny).")
 @click.option("--steps", type=int, default=None, help="Training steps.")
 @click.option("--out", required=True, type=click.Path(), help="Run directory to write.")
@@ -27,7 +27,7 @@ def _overrides(**kw) -> dict:
 @click.option("--eval-every", type=int, default=None, help="Held-out loss of the EMA model every N steps.")
 @click.option("--normalization", type=click.Choice(["channel", "global", "none"]), default=None)
 @click.option("--time-sampling", type=click.Choice(["uniform", "logit-normal"]), default=None)
-@click.option("--dataset", default=None, help="Dataset to extract from when --tokenizer is a tokenizer run.")
+@click.option("--dataset", default=None, help="Dataset to extract from when --tokenizer is a tokenizer run or an external spec.")
 @click.option("--seed", type=int, default=None)
 @click.option("--device", default=None, help="cpu, cuda, cuda:N or auto.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")

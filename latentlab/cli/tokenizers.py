@@ -60,7 +60,8 @@ def train_tokenizer_cmd(config_path, arch, size, dataset, image_size, stage, ini
 
 
 @cli.command("extract")
-@click.option("--tokenizer", required=True, help="Tokenizer run directory, or diffusers:PATH_OR_NAME.")
+@click.option("--tokenizer", required=True,
+              help="Tokenizer run directory, diffusers:PATH_OR_NAME or python:MODULE:CALLABLE[:ARG=VALUE,...].")
 @click.option("--dataset", default=None, help="Dataset spec (default: the one the tokenizer was trained on).")
 @click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True, help="Dataset split.")
 @click.option("--out", required=True, type=click.Path(), help="LatentStore directory to write (replaced atomically).")
@@ -86,3 +87,18 @@ def extract_cmd(tokenizer, dataset, split, out, batch_size, weights, device, as_
                "stats": {k: m["stats"].get(k) for k in ("global_mean", "global_std")}}
     emit(summary, as_json, lambda s: f"wrote {s['out']}: {s['count']} latents of shape {tuple(s['sample_shape'])} "
                                      f"({s['layout']}), checkpoint {s['checkpoint_hash']}")
+
+
+@cli.command("tokenizers")
+@json_option
+def tokenizers_cmd(as_json):
+    """List the tokenizers latentlab can analyse: built-in, registered plug-ins and diffusers.
+
+    \b
+    Any --tokenizer option also takes your own code:
+      --tokenizer [LABEL=]python:MODULE:CALLABLE[:ARG=VALUE,...]
+    and packages register factories under the entry-point group latentlab.tokenizers.
+    """
+    from latentlab.tokenizers.catalog import catalog_text, list_tokenizers
+
+    emit(list_tokenizers(), as_json, catalog_text)

@@ -156,6 +156,8 @@ def eval_tokenizer(run: str | Path, cfg: MetricsConfig | None = None, out: str |
     cfg = cfg or MetricsConfig()
     device = get_device(cfg.device)
     model, info = open_tokenizer(run, cfg.weights, device)
+    if not info.get("decodes", True):
+        raise LatentlabError(f"{run} has no decode(latents): reconstruction needs one")
     out = _default_out(run, out)
     check_output(out, RECON_KIND)  # before any work
     dataset = dataset or info.get("dataset")

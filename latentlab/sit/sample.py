@@ -20,7 +20,7 @@ import torch
 from latentlab.config import from_dict
 from latentlab.data import to_uint8
 from latentlab.errors import LatentlabError
-from latentlab.extract import open_tokenizer
+from latentlab.extract import is_external, open_tokenizer
 from latentlab.io import load_json, load_run_weights, save_json, save_npy
 from latentlab.latents import count_nonfinite_rows
 from latentlab.outputs import check_output, output_dir
@@ -117,10 +117,12 @@ def decoder_for(prov: dict, device: torch.device):
     """(decoder with .decode, its label) for a SiT run's `latents` provenance, or (None, why decoding is skipped)."""
     spec = prov.get("tokenizer_spec")
     if spec:
-        if not spec.startswith("diffusers:") and not Path(spec).exists():
+        if not is_external(spec) and not Path(spec).exists():
             raise LatentlabError(f"the tokenizer run {spec} recorded in the SiT config is gone; "
                                  "restore it or pass --no-decode")
         model, info = open_tokenizer(spec, prov.get("tokenizer_weights") or "ema", device)
+        if not info.get("decodes", True):
+            return None, f"the tokenizer {spec} has no decode()"
         want = prov.get("checkpoint_hash")
         if want and info.get("checkpoint_hash") != want:
             raise LatentlabError(f"the tokenizer {spec} changed since this SiT was trained (checkpoint hash "

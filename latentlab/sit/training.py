@@ -207,8 +207,10 @@ def _tokenizer_spec(source: Path, store: LatentStore) -> tuple[str | None, str]:
     tok = store.manifest.get("tokenizer")
     if isinstance(tok, dict) and tok.get("run"):
         return str(Path(tok["run"]).resolve()), tok.get("weights", "ema")
+    if isinstance(tok, dict) and tok.get("external") and tok.get("spec"):  # diffusers or a python plug-in
+        return tok["spec"], "ema"
     if isinstance(tok, dict) and tok.get("external") == "diffusers.AutoencoderKL" and tok.get("source"):
-        return f"diffusers:{tok['source']}", "ema"
+        return f"diffusers:{tok['source']}", "ema"  # stores written before specs were recorded
     if (source / "config.json").is_file() and (source / "model.safetensors").is_file():
         return str(source.resolve()), "ema"
     return None, ""

@@ -16,10 +16,11 @@ from latentlab.metrics.config import MetricsConfig
 from latentlab.sit.config import SampleConfig, SiTTrainConfig
 from latentlab.tokenizers.config import TokenizerConfig, TokenizerRunConfig
 from latentlab.tokenizers.models import TOKENIZERS
+from latentlab.tokenizers.plugins import describe_plugin, plugin_from_factory
 from latentlab.tokenizers.targets import TEACHER_PACKAGES
 
 STUDY_VERSION = 1
-SPECIAL_ARCHS = ("pixels", "pretrained", "store")
+SPECIAL_ARCHS = ("pixels", "pretrained", "store", "python")
 TOKENIZER_STAGES = ("tokenizer", "eval", "extract", "probe", "sit", "sample", "gfid")
 RESUMABLE_STAGES = ("tokenizer", "sit")  # training: a killed attempt continues from its last checkpoint
 STUDY_KIND = "study"  # the `.latentlab` marker kind of a study directory
@@ -27,14 +28,16 @@ STUDY_KIND = "study"  # the `.latentlab` marker kind of a study directory
 
 @dataclass
 class TokenizerEntry:
-    """One tokenizer of a study: a trainable arch with preset and overrides, pixels, a pretrained one, or a store."""
+    """One tokenizer of a study: a trainable arch, pixels, a pretrained one, your own code (python), or a store."""
 
-    arch: str                          # ae | vae | vavae | maetok | pixels | pretrained | store (required)
+    arch: str                          # ae | vae | vavae | maetok | pixels | pretrained | python | store (required)
     size: str = "tiny"                 # size preset of a trainable arch
     model: dict = field(default_factory=dict)     # TokenizerConfig overrides (teacher, masking, ...)
     train: dict = field(default_factory=dict)     # TrainConfig overrides (steps, batch_size, lr, ...)
     decoder_finetune: dict | None = None          # MAETok's 2nd stage: TrainConfig overrides, or None to skip
-    pretrained: str | None = None      # arch=pretrained: e.g. "diffusers:/path/to/sd-vae"
+    pretrained: str | None = None      # arch=pretrained: "diffusers:/path/to/sd-vae" (or a "python:..." spec)
+    factory: str | None = None         # arch=python: MODULE:CALLABLE (or a registered plug-in name)
+    kwargs: dict = field(default_factory=dict)    # arch=python: keyword arguments of the factory
     store: str | None = None           # arch=store: a store set (train/ and test/) extracted elsewhere
 
 
@@ -73,9 +76,21 @@ def _entry(name: str, raw) -> TokenizerEntry:
         check_fields(TokenizerConfig, e.model, f"tokenizers.{name}.model")
     if e.arch == "pretrained" and not e.pretrained:
         raise LatentlabError(f"tokenizer {name!r}: arch 'pretrained' needs 'pretrained: diffusers:PATH'")
+    if e.arch == "python":
+        if not e.factory or not isinstance(e.kwargs, dict):
+            raise LatentlabError(f"tokenizer {name!r}: arch 'python' needs 'factory: MODULE:CALLABLE' "
+                                 "(and optionally 'kwargs: {...}')")
+        describe_plugin(plugin_spec(e))  # the module imports and has the callable, before anything runs
+    elif e.factory or e.kwargs:
+        raise LatentlabError(f"tokenizer {name!r}: 'factory' and 'kwargs' belong to arch 'python'")
     if e.arch == "store" and not e.store:
         raise LatentlabError(f"tokenizer {name!r}: arch 'store' needs 'store: PATH' (a store set with train/ and test/)")
     return e
+
+
+def plugin_spec(entry: TokenizerEntry) -> str:
+    """The `python:` spec of an arch-python entry (what its stores and SiT runs record)."""
+    return plugin_from_factory(entry.factory, entry.kwargs).spec
 
 
 def section_configs(cfg: StudyConfig) -> dict:

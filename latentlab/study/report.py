@@ -145,7 +145,8 @@ def build_outputs(ctx, done: dict[str, dict[str, StageResult]], gmm: StageResult
         row: dict = {"tokenizer": name, "arch": ctx.entries[name].arch, "teacher": tok.get("teacher")}
         row.update({k: float(v) if v == "inf" else v
                     for k, v in res["eval"].result.get("row", {}).items() if k in ("psnr", "ssim", rmetric)})
-        recon_rows.append({"tokenizer": name, **res["eval"].result.get("row", {})})
+        notes = [r.result["note"] for r in (res["eval"], res["gfid"]) if r.result.get("note")]
+        recon_rows.append({"tokenizer": name, **res["eval"].result.get("row", {}), "note": res["eval"].result.get("note")})
         pr = res["probe"].result["row"]
         probe_rows.append(pr)
         row.update({new: pr.get(old) for old, new in PROBE_COLUMNS.items()})
@@ -163,8 +164,9 @@ def build_outputs(ctx, done: dict[str, dict[str, StageResult]], gmm: StageResult
             row["sit_loss"] = float(mean.loss.iloc[-1]) if len(mean) else None
             row["sit_loss_curve"] = json.dumps([[int(s), round(float(v), 6)] for s, v in zip(mean.step, mean.loss)])
         gr = res["gfid"].result.get("row", {})
-        gfd_rows.append({"tokenizer": name, **gr})
+        gfd_rows.append({"tokenizer": name, **gr, "note": res["gfid"].result.get("note")})
         row.update(gr)
+        row["note"] = "; ".join(notes) or None
         rows.append(row)
 
     cols = summary_columns(components, rmetric, gmetric)

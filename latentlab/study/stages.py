@@ -18,14 +18,16 @@ from typing import Callable
 from latentlab.analysis.gmm.curves import fit_gmm_curves
 from latentlab.analysis.probe import run_probe
 from latentlab.analysis.umap import run_umap
-from latentlab.extract import TokenizerLatents, extract, import_pixels
+from latentlab.extract import TokenizerLatents, extract, import_pixels, open_tokenizer
 from latentlab.io import atomic_dir, atomic_path, file_hash
 from latentlab.latents import LatentStore, open_split
 from latentlab.metrics.evaluate import eval_tokenizer, fid
 from latentlab.sit.sample import sample
 from latentlab.sit.training import train_sit
 from latentlab.study.cache import StageLog, StageResult
+from latentlab.study.config import plugin_spec
 from latentlab.study.report import build_outputs, fd_column_names
+from latentlab.tokenizers.plugins import describe_plugin
 from latentlab.tokenizers.training import TokenizerRunConfig, train_tokenizer
 
 Step = Callable[[str, str, object, Callable[[Path, bool], dict]], StageResult]
@@ -70,6 +72,8 @@ def tokenizer_stages(ctx: StudyContext, name: str, entry, step: Step) -> dict[st
     base = {"entry": dataclasses.asdict(entry), "dataset": cfg.dataset, "seed": cfg.seed, "version": 1}
     if arch == "store":
         base["store_hash"] = file_hash(Path(entry.store) / "train" / "manifest.json")
+    if arch == "python":  # editing the plug-in's module (or a checkpoint its kwargs name) reruns its stages
+        base["plugin_hash"] = describe_plugin(plugin_spec(entry))["checkpoint_hash"]
     res: dict[str, StageResult] = {}
 
     def tok_fn(work: Path, resume: bool) -> dict:
@@ -80,8 +84,10 @@ def tokenizer_stages(ctx: StudyContext, name: str, entry, step: Step) -> dict[st
                     "teacher": tok_info.get("teacher") if isinstance(tok_info, dict) else None}
         if arch == "pixels":
             return {"run": None, "kind": arch}
-        if arch == "pretrained":
-            return {"run": None, "spec": entry.pretrained, "kind": "pretrained"}
+        if arch in ("pretrained", "python"):
+            spec = entry.pretrained if arch == "pretrained" else plugin_spec(entry)
+            _, info = open_tokenizer(spec, device="cpu")
+            return {"run": None, "spec": spec, "kind": arch, "decodes": info["decodes"]}
         return {**_train_tokenizer(ctx, entry, work, resume), "kind": "trained"}
 
     res["tokenizer"] = step(name, "tokenizer", base, tok_fn)
@@ -94,6 +100,8 @@ def tokenizer_stages(ctx: StudyContext, name: str, entry, step: Step) -> dict[st
             return {"row": {"psnr": "inf", "ssim": 1.0, rname: 0.0}, "note": "identity (raw pixels)"}
         if spec is None:
             return {"row": {}, "note": "no decoder for an imported store"}
+        if not tok.result.get("decodes", True):
+            return {"row": {}, "note": "reconstruction skipped: the tokenizer has no decode()"}
         s = eval_tokenizer(spec, ctx.sections["metrics"], out=work, dataset=cfg.dataset, split="test")
         return {"row": {"psnr": s["psnr"], "ssim": s["ssim"], s["metric"]: s[s["metric"]],
                         "extractor_test_accuracy": s["extractor"].get("test_accuracy")},
@@ -136,13 +144,14 @@ def tokenizer_stages(ctx: StudyContext, name: str, entry, step: Step) -> dict[st
     def sample_fn(work: Path, resume: bool) -> dict:
         s = sample(res["sit"].file("run"), work / "samples", ctx.sections["sample"])
         return {"samples": "samples", "decoded": s["decoded"], "n": s["n"],
-                "grid": "samples/grid.png" if s["decoded"] else None}
+                "grid": "samples/grid.png" if s["decoded"] else None, "skipped_decoding": s.get("skipped_decoding")}
 
     res["sample"] = step(name, "sample", {"up": res["sit"].hash, "sample": ctx.section("sample")}, sample_fn)
 
     def gfid_fn(work: Path, resume: bool) -> dict:
         if not res["sample"].result.get("decoded"):
-            return {"row": {}, "note": "samples were not decoded"}
+            why = res["sample"].result.get("skipped_decoding") or "samples were not decoded"
+            return {"row": {}, "note": f"gFD skipped: {why}"}
         s = fid(f"{cfg.dataset}:train", str(res["sample"].file("samples/images.npz")), ctx.sections["metrics"], out=work)
         metric = s["metric"]
         row = {"g" + metric: s[metric]}
@@ -190,7 +199,7 @@ def umap_stage(ctx: StudyContext, done: dict, step: Step) -> StageResult:
 def relate_stage(ctx: StudyContext, done: dict, gmm: StageResult, umap: StageResult, step: Step) -> StageResult:
     """summary.csv, correlations.csv, tables/, figures/ and report.html."""
     key = {"up": {n: {s: r.hash for s, r in res.items()} for n, res in done.items()},
-           "gmm": gmm.hash, "umap": umap.hash, "report": bool(ctx.cfg.report), "version": 1}
+           "gmm": gmm.hash, "umap": umap.hash, "report": bool(ctx.cfg.report), "version": 2}
     return step(OWNER, "relate", key, lambda work, resume: build_outputs(ctx, done, gmm, umap, work))
 
 

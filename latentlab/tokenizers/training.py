@@ -7,6 +7,7 @@ overrides. Unknown keys are errors at every level.
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -131,7 +132,7 @@ def load_tokenizer(run: str | Path, weights: str = "ema", device: str | torch.de
 def reconstruct(model: nn.Module, images: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     """Encode with the posterior mode and decode, in batches: images (N, C, H, W) -> (N, C, H, W) in [-1, 1]."""
     model.eval()
-    dev = next(model.parameters()).device
+    dev = next(itertools.chain(model.parameters(), model.buffers())).device
     out = [model.decode(model.encode(images[i:i + batch_size].to(dev)).mode()).cpu()
            for i in range(0, len(images), batch_size)]
     return torch.cat(out)
