@@ -187,6 +187,7 @@ def merge(cfg: C, overrides: dict | None, where: str = "config") -> C:
 
 SCHEDULES = ("cosine", "constant")
 PRECISIONS = ("auto", "bf16", "fp32")
+UNTIL = ("steps", "plateau")
 
 
 @dataclass
@@ -202,7 +203,13 @@ class TrainConfig:
     schedule: str = "cosine"
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
-    ema_decay: float = 0.999
+    ema_decay: float = 0.999          # the EMA decay after its warm-up (the warm-up's cap)
+    ema_warmup: bool = True           # decay_k = 1 - (1 + k)^-ema_power, capped (diffusers' EMAModel warm-up)
+    ema_power: float = 2 / 3
+    ema_half_life: float | None = 0.1  # cap the decay so the EMA's half-life is <= this fraction of `steps`
+    until: str = "steps"              # "steps": train `steps`; "plateau": stop early when the task's monitor stalls
+    plateau_evals: int = 3            # plateau: the last N evaluations ...
+    plateau_tol: float = 0.01         # ... improved the best before them by less than this fraction
     log_every: int = 50
     eval_every: int = 500
     ckpt_every: int = 1000
@@ -220,3 +227,26 @@ class TrainConfig:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError("ema_decay must lie in [0, 1)")
+        if self.ema_power <= 0:
+            raise ValueError("ema_power must be > 0")
+        if self.ema_half_life is not None and not 0 < self.ema_half_life <= 1:
+            raise ValueError("ema_half_life must lie in (0, 1] (a fraction of steps), or be null for no cap")
+        if self.until not in UNTIL:
+            raise ValueError(f"until must be one of {UNTIL}, got {self.until!r}")
+        if self.plateau_evals < 1 or self.plateau_tol < 0:
+            raise ValueError("plateau_evals must be >= 1 and plateau_tol >= 0")
+
+
+def train_config(defaults: "TrainConfig | dict", overrides: dict | None, where: str = "train config") -> "TrainConfig":
+    """A task's default TrainConfig (or a dict of its fields) with the user's overrides; a user-set
+    `ema_decay` is used as given.
+
+    The half-life cap (`ema_half_life`) guards the *default* decay of short runs; a decay the
+    user chose is not capped unless they also set `ema_half_life`.
+    """
+    overrides = dict(overrides or {})
+    if "ema_decay" in overrides and "ema_half_life" not in overrides:
+        overrides["ema_half_life"] = None
+    if isinstance(defaults, dict):
+        return from_dict(TrainConfig, {**defaults, **overrides}, where)
+    return merge(defaults, overrides, where)

@@ -17,6 +17,7 @@ Resolving `--tokenizer` arguments to latent stores (`resolve_tokenizer`):
 
 A tokenizer argument is `[LABEL=]SPEC`, where SPEC is one of
   - a LatentStore directory, or a store set with train/ and test/ stores;
+  - planted modes "planted:modes=M,dim=D,n=N,seed=S" (`latentlab.planted`; cached in WORKSPACE/planted/);
   - a tokenizer run directory (latents are extracted on first use and cached in
     RUN/latents/<dataset>/<split>, reused while the checkpoint hash is unchanged);
   - an external tokenizer "diffusers:..." or "python:..." (needs the dataset; latents cached in
@@ -41,6 +42,7 @@ from latentlab.errors import LatentlabError
 from latentlab.io import file_hash, load_json, obj_hash, workspace_root
 from latentlab.latents import STORE_KIND, STORE_SET_KIND, LatentStore, count_nonfinite_rows, is_store, open_split
 from latentlab.outputs import check_output, output_dir
+from latentlab.planted import parse_planted, planted_slug, write_planted
 from latentlab.tokenizers.external import PREFIX as DIFFUSERS, SINGLE_FILE, load_diffusers, parse_diffusers
 from latentlab.tokenizers.plugins import describe_plugin, is_plugin, load_plugin, parse_plugin
 from latentlab.tokenizers.training import load_tokenizer
@@ -202,6 +204,15 @@ def default_label(spec: str) -> str:
     return source.stem if source.suffix in SINGLE_FILE else source.name
 
 
+def cached_planted(spec: str) -> dict[str, LatentStore]:
+    """The train/test stores of a planted-modes spec ("planted:modes=4,dim=16,n=2000,seed=0"), cached in the workspace."""
+    ps = parse_planted(spec)
+    path = workspace_root() / "planted" / planted_slug(ps)
+    stores = {split: _cached(path / split, lambda m: m.get("dataset") == ps.key(), lambda: None)
+              for split in ("train", "test")}
+    return stores if all(stores.values()) else write_planted(ps, path)
+
+
 # ---------------------------------------------------------------- importing
 
 _NPY_MAGIC = b"\x93NUMPY"
@@ -340,6 +351,10 @@ def resolve_tokenizer(arg: str, dataset: str | None = None, need_test: bool = Fa
         train = cached_pretrained(spec, dataset, "train")
         test = cached_pretrained(spec, dataset, "test")
         return TokenizerLatents(name=label or default_label(spec), train=train, test=test, source=spec)
+    if spec.startswith("planted:"):
+        stores = cached_planted(spec)
+        return TokenizerLatents(name=label or stores["train"].name, train=stores["train"], test=stores["test"],
+                                source=spec)
     path = resolve_path(spec)
     if _is_run(path):
         train = cached_latents(path, dataset=dataset, split="train")

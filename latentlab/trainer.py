@@ -33,14 +33,20 @@ How to use it (the whole interface)::
     `generator` is a `torch.Generator` on the device seeded from (seed, step, rank);
   - `evaluate(ema_model, step) -> dict` and `visualize(ema_model, step, out_dir)`: optional hooks
     run on rank 0 every `eval_every` steps and at the end, with the EMA model in eval mode;
-  - `run_config() -> dict`: what the run needs to rebuild itself; stored in `config.json`.
+  - `run_config() -> dict`: what the run needs to rebuild itself; stored in `config.json`;
+  - `monitor`: the `evaluate()` key (lower is better) that `until: plateau` watches: training stops
+    at the first evaluation where the last `plateau_evals` values improved the best before them by
+    less than `plateau_tol` (relative), `steps` being the cap; the summary gives `steps_done`.
 
 The loop: AdamW (weight decay on matrices only) with linear warm-up and a cosine (or constant)
-schedule, gradient-norm clipping, an EMA copy (`update_ema`; it equals the model during warm-up), bf16 autocast on CUDA, DDP under
+schedule, gradient-norm clipping, an EMA copy (`update_ema` with `schedules.ema_decay_at`: diffusers' EMAModel warm-up
+1 - (1 + step)^-ema_power, capped at `ema_decay` and, unless the user set the decay (`config.train_config`), at a
+half-life of `ema_half_life * steps`), bf16 autocast on CUDA, DDP under
 torchrun (gloo on CPU; `batch_size` is the global batch, split over ranks). A run directory holds
 `config.json`, `model.safetensors`, `ema.safetensors`, `state.pt` (optimizer, step, RNG states;
 loadable with `weights_only=True`), `metrics.jsonl` (one JSON line per log/eval) and `samples/`.
-`resume=True` continues from the last checkpoint bit-identically to an uninterrupted run.
+`resume=True` continues from the last checkpoint bit-identically to an uninterrupted run (with a larger
+`steps` only when nothing depends on `steps`: a constant lr and `ema_half_life: null`).
 A non-finite loss term stops the run with a LatentlabError naming the step and the term.
 """
 
@@ -63,12 +69,14 @@ from latentlab.errors import LatentlabError
 from latentlab.io import (load_json, load_torch_state, load_weights_into, save_json, save_safetensors, save_torch_state,
                           tmp_name, to_json)
 from latentlab.outputs import check_output, claim_dir
+from latentlab.schedules import ema_decay_at, get_lr, plateau_reached
 from latentlab.utils import dist_ready, get_device, info, is_main, progress, rank, world_size
 
 class TrainTask:
     """Base class of what `train` drives; see the module docstring."""
 
     model: nn.Module
+    monitor: str | None = None   # the evaluate() key that `until: plateau` watches (lower is better)
 
     def batch(self, step: int, rank: int, world_size: int, per_rank: int) -> Any:
         """This rank's batch at `step` (deterministic in seed, step, rank)."""
@@ -91,17 +99,6 @@ class TrainTask:
 
 
 # ---------------------------------------------------------------- small pure helpers
-
-def get_lr(step: int, cfg: TrainConfig) -> float:
-    """Learning rate at `step`: linear warm-up, then cosine decay to lr * min_lr_ratio (or constant)."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return cfg.lr
-    span = max(cfg.steps - cfg.warmup_steps, 1)
-    t = min((step - cfg.warmup_steps) / span, 1.0)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * t)))
-
 
 def index_batch(n: int, per_rank: int, step: int, seed: int, rank: int = 0, world_size: int = 1) -> np.ndarray:
     """Indices of this rank's batch at `step`: epochs are seeded permutations of range(n).
@@ -227,6 +224,21 @@ def check_run_dir(out: str | Path, kind: str, resume: bool) -> None:
         raise LatentlabError(f"nothing to resume in {out} (no {kind} there); drop --resume to start a new run")
 
 
+def _eval_history(path: Path, key: str | None) -> list[float]:
+    """The values of `key` in the eval records of metrics.jsonl, in order."""
+    if key is None or not path.is_file():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if key in rec.get("eval", {}):
+            out.append(float(rec["eval"][key]))
+    return out
+
+
 def _comparable(cfg: dict) -> dict:
     return {k: v for k, v in cfg.items() if k not in ("steps", "device", "log_every", "eval_every", "ckpt_every")}
 
@@ -249,6 +261,9 @@ def train(task: TrainTask, cfg: TrainConfig, out_dir: str | Path, resume: bool =
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = make_optimizer(model, cfg)
 
+    monitor = getattr(task, "monitor", None)
+    if cfg.until == "plateau" and monitor is None:
+        raise LatentlabError("until: plateau needs a task that reports a held-out metric to watch; use until: steps")
     kind = f"{run_cfg.get('kind', 'training')} run"
     check_run_dir(out, kind, resume)  # every rank, before anyone writes
     if dist_ready():
@@ -288,7 +303,10 @@ def train(task: TrainTask, cfg: TrainConfig, out_dir: str | Path, resume: bool =
     last: dict = {}
     last_eval: dict = {}
     t0 = time.time()
-    bar = progress(range(start, cfg.steps), desc="train", total=cfg.steps - start)
+    history = _eval_history(metrics_path, monitor) if resume else []
+    stopped = cfg.until == "plateau" and plateau_reached(history, cfg)  # resumed after it had stopped early
+    done = start
+    bar = progress(range(start, cfg.steps if not stopped else start), desc="train", total=cfg.steps - start)
     for step in bar:
         lr = get_lr(step, cfg)
         for group in opt.param_groups:
@@ -313,14 +331,17 @@ def train(task: TrainTask, cfg: TrainConfig, out_dir: str | Path, resume: bool =
         gnorm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
                                                cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
         opt.step()
-        update_ema(ema, model, cfg.ema_decay if step >= cfg.warmup_steps else 0.0)
+        decay = ema_decay_at(step, cfg)
+        update_ema(ema, model, decay)
         done = step + 1
         last = {k: float(v) for k, v in zip(terms, vals.tolist())}
         if done % cfg.log_every == 0 or done == cfg.steps:
-            rec = {"step": done, "lr": lr, "grad_norm": float(gnorm), "time_s": round(time.time() - t0, 3), **last}
+            rec = {"step": done, "lr": lr, "ema_decay": decay, "grad_norm": float(gnorm),
+                   "time_s": round(time.time() - t0, 3), **last}
             if is_main():
                 _append_metrics(metrics_path, rec)
                 bar.set_postfix({k: f"{v:.4g}" for k, v in last.items()}, refresh=False)
+        stop = False
         if done % cfg.eval_every == 0 or done == cfg.steps:
             if is_main():
                 ema.eval()
@@ -329,18 +350,33 @@ def train(task: TrainTask, cfg: TrainConfig, out_dir: str | Path, resume: bool =
                     task.visualize(ema, done, out)
                 if last_eval:
                     _append_metrics(metrics_path, {"step": done, "eval": last_eval})
-            if dist_ready():
-                torch.distributed.barrier()
-        if done % cfg.ckpt_every == 0 or done == cfg.steps:
+                if monitor in last_eval:
+                    history.append(last_eval[monitor])
+                stop = cfg.until == "plateau" and done < cfg.steps and plateau_reached(history, cfg)
+            stop = _broadcast_flag(stop, device)
+        if done % cfg.ckpt_every == 0 or done == cfg.steps or stop:
             if is_main():
                 save_checkpoint(out, model, ema, opt, done)
             if dist_ready():
                 torch.distributed.barrier()
-    if start == cfg.steps and is_main():  # resumed a finished run: nothing to train, report its evaluation
-        info(f"{out} already reached step {start}; nothing to train (pass a larger --steps to continue)")
+        if stop:
+            stopped = True
+            break
+    if done == start and is_main():  # resumed a finished (or stopped) run: nothing to train, report its evaluation
+        info(f"{out} already {'stopped on a plateau at' if stopped else 'reached'} step {start}; nothing to train"
+             + ("" if stopped else " (pass a larger --steps to continue)"))
         with torch.no_grad():
             last_eval = {k: float(v) for k, v in task.evaluate(ema.eval(), start).items()}
-    return {"out": str(out), "steps": cfg.steps, "start_step": start, "world_size": ws,
-            "time_s": round(time.time() - t0, 3), "final": last, "eval": last_eval,
-            "device": str(device)}
+    return {"out": str(out), "steps": cfg.steps, "start_step": start, "steps_done": done,
+            "stopped": "plateau" if stopped else "steps", "world_size": ws,
+            "time_s": round(time.time() - t0, 3), "final": last, "eval": last_eval, "device": str(device)}
+
+
+def _broadcast_flag(flag: bool, device: torch.device) -> bool:
+    """Rank 0's `flag` on every rank (a collective, so it also synchronises); the flag itself outside torch.distributed."""
+    if not dist_ready():
+        return flag
+    t = torch.tensor([1 if flag else 0], device=device)
+    torch.distributed.broadcast(t, 0)
+    return bool(t.item())
 

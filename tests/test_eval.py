@@ -171,3 +171,26 @@ def test_eval_sit_equals_fid_of_sample_output(ws, tmp_path):
     f = fid_json("--real", "digits:train", "--fake", str(tmp_path / "s" / "images.npz"))
     assert f["real"]["stats_cached"] is True                                    # eval-sit cached them
     assert g["gfd_lenet"] == pytest.approx(f["fd_lenet"], rel=1e-6)
+
+
+def test_fid_reports_kid_the_real_floor_and_conditional_accuracy(ws, tmp_path, mnist_test):
+    labels = get_dataset("mnist5k", "test").labels
+    sub, lab = mnist_test[::4], labels[::4]                                     # 250 real test digits
+    np.savez(tmp_path / "real.npz", images=sub, labels=lab)
+    a = fid_json("--real", "mnist5k:train", "--fake", str(tmp_path / "real.npz"))
+    # real test digits are a perfect generator: FD sits at the floor, KID at 0, accuracy at the lenet's own
+    assert a["fd_floor_lenet_n"] == 250 and a["fd_floor_lenet_split"] == "test"
+    assert 0.5 < a["fd_lenet"] / a["fd_floor_lenet"] < 2.0
+    assert abs(a["kid_lenet"]) < 3 * a["kid_lenet_std"] and a["kid_lenet_subset_size"] == 250
+    assert abs(a["kid_floor_lenet"]) < 3 * a["kid_floor_lenet_std"]
+    assert a["cond_acc_lenet_lo"] <= a["cond_acc_lenet"] <= a["cond_acc_lenet_hi"]
+    assert a["cond_acc_lenet"] >= 0.9 and a["cond_acc_chance"] == 0.1
+    np.savez(tmp_path / "wrong.npz", images=sub, labels=(lab + 1) % 10)         # asked for another class
+    b = fid_json("--real", "mnist5k:train", "--fake", str(tmp_path / "wrong.npz"))
+    assert b["cond_acc_lenet_hi"] < 0.1 and b["fd_lenet"] == pytest.approx(a["fd_lenet"])
+    # blurred digits: FD and KID both rise far above the floor
+    blurred = np.stack([np.asarray(Image.fromarray(im[..., 0]).resize((8, 8)).resize((32, 32))) for im in sub])[..., None]
+    np.savez(tmp_path / "blur.npz", images=blurred)
+    c = fid_json("--real", "mnist5k:train", "--fake", str(tmp_path / "blur.npz"))
+    assert c["fd_lenet"] > 5 * c["fd_floor_lenet"] and c["kid_lenet"] > 5 * c["kid_lenet_std"]
+    assert "cond_acc_lenet" not in c                                            # no labels, no accuracy

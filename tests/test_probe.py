@@ -11,7 +11,7 @@ from latentlab.analysis.stream import Rows, check_labels, pool_features
 from latentlab.analysis.probe import ProbeConfig, linear_probe, lr_schedule
 from latentlab.errors import LatentlabError
 from latentlab.latents import LatentStore
-from latentlab.trainer import get_lr
+from latentlab.schedules import get_lr
 
 
 def gaussian_classes(rng, n, d, k, sep):

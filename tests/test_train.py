@@ -7,7 +7,8 @@ from torch import nn
 
 from latentlab.errors import LatentlabError
 from latentlab.io import load_safetensors, load_torch_state
-from latentlab.trainer import TrainConfig, TrainTask, get_lr, index_batch, train, update_ema
+from latentlab.schedules import get_lr
+from latentlab.trainer import TrainConfig, TrainTask, index_batch, train, update_ema
 
 
 class Regression(TrainTask):
@@ -129,3 +130,82 @@ def test_two_process_gloo_ddp_matches_single_process(tmp_path):
     init = _Det().model.state_dict()
     assert not all(torch.allclose(a[k], init[k]) for k in a)  # training moved the weights
     assert all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+# ---------------------------------------------------------------- EMA warm-up, half-life cap, plateau
+
+def test_ema_decay_matches_diffusers_ema_model():
+    """decay_k and the averaged weights equal diffusers' EMAModel(use_ema_warmup=True, inv_gamma=1)."""
+    from diffusers.training_utils import EMAModel
+
+    from latentlab.schedules import ema_decay_at
+
+    cfg = TrainConfig(steps=500, ema_decay=0.99, ema_power=0.75, ema_half_life=None)
+    model, ema = nn.Linear(3, 2), nn.Linear(3, 2)
+    ref = EMAModel(model.parameters(), decay=0.99, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
+    g = torch.Generator().manual_seed(0)
+    for step in range(200):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn(p.shape, generator=g))   # a stand-in optimizer step
+        assert ema_decay_at(step, cfg) == pytest.approx(ref.get_decay(ref.optimization_step + 1), abs=1e-15)
+        update_ema(ema, model, ema_decay_at(step, cfg))
+        ref.step(model.parameters())
+    for pe, ps in zip(ema.parameters(), ref.shadow_params):
+        assert torch.allclose(pe, ps, atol=1e-5)
+    assert ema_decay_at(199, cfg) < 0.99 and ema_decay_at(1000, cfg) == 0.99    # capped at the configured decay
+
+
+def _weight_before(cfg, k, decay_at):
+    """Share of the final EMA that still comes from the models of steps < k (closed form of the recursion)."""
+    w = 1.0
+    for step in range(k, cfg.steps):
+        w *= decay_at(step, cfg)
+    return w
+
+
+def test_default_ema_half_life_is_at_most_a_tenth_of_a_short_run():
+    from latentlab.schedules import ema_decay_at, ema_max_decay
+    from latentlab.config import train_config
+
+    cfg = train_config({"ema_decay": 0.999, "warmup_steps": 50}, {"steps": 600})
+    d = ema_max_decay(cfg)
+    assert np.log(0.5) / np.log(d) == pytest.approx(60.0)            # half-life = 10% of 600 steps
+    assert ema_max_decay(train_config({"ema_decay": 0.999}, {"steps": 100_000})) == 0.999   # long runs: as set
+    # the issue's case: decay 0.999 after a 50-step warm-up kept 58% of the step-50 model at step 600
+    old = _weight_before(cfg, 50, lambda s, c: 0.999)
+    assert old == pytest.approx(0.999 ** 550) and old > 0.57
+    assert _weight_before(cfg, 50, ema_decay_at) < 1e-3
+    # a decay the user sets is used as given
+    user = train_config({"ema_decay": 0.999}, {"steps": 600, "ema_decay": 0.999})
+    assert user.ema_half_life is None and ema_max_decay(user) == 0.999
+
+
+class Scripted(Regression):
+    """Regression whose monitored evaluation follows a script, one value per evaluation."""
+
+    monitor = "score"
+
+    def __init__(self, values):
+        super().__init__()
+        self.values = values
+
+    def evaluate(self, ema_model, step):
+        return {"score": self.values[step // 10 - 1]}
+
+
+def test_until_plateau_stops_and_a_resume_does_nothing_more(tmp_path):
+    from latentlab.schedules import plateau_reached
+
+    vals = [1.0, 0.5, 0.4, 0.399, 0.3985, 0.398, 0.3, 0.2]
+    cfg = _cfg(steps=80, eval_every=10, ckpt_every=100, until="plateau", plateau_evals=2, plateau_tol=0.01)
+    assert [plateau_reached(vals[:i], cfg) for i in range(1, 6)] == [False, False, False, False, True]
+    s = train(Scripted(vals), cfg, tmp_path / "run")
+    assert s["steps_done"] == 50 and s["stopped"] == "plateau" and s["eval"]["score"] == 0.3985
+    assert load_torch_state(tmp_path / "run" / "state.pt")["step"] == 50       # checkpointed where it stopped
+    again = train(Scripted(vals), cfg, tmp_path / "run", resume=True)
+    assert again["steps_done"] == 50 and again["stopped"] == "plateau"
+    full = train(Scripted(vals), _cfg(steps=80, eval_every=10, ckpt_every=100), tmp_path / "full")
+    assert full["steps_done"] == 80 and full["stopped"] == "steps"
+    with pytest.raises(LatentlabError, match="plateau"):
+        train(Regression(), _cfg(until="plateau"), tmp_path / "nomonitor")

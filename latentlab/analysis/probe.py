@@ -1,7 +1,7 @@
 """Linear probing of frozen latents, the MAE protocol (He et al., "Masked Autoencoders Are
 Scalable Vision Learners", CVPR 2022, main_linprobe.py): a frozen feature feeds
 `BatchNorm1d(affine=False)` then a `Linear` layer, trained with cross-entropy, AdamW or SGD
-and the trainer's cosine learning-rate schedule (`trainer.get_lr`, counted in rows seen) over
+and the trainer's cosine learning-rate schedule (`schedules.get_lr`, counted in rows seen) over
 full passes (epochs), in mini-batches, on CPU or CUDA.
 
 Features come through the stream adapter `latentlab.analysis.stream.Rows`, so a 1.28M x 4096 ImageNet
@@ -37,7 +37,8 @@ from latentlab.extract import TokenizerLatents, check_finite
 from latentlab.io import save_csv
 from latentlab.outputs import check_output, output_dir
 from latentlab.plots.probe import plot_probe
-from latentlab.trainer import TrainConfig, get_lr
+from latentlab.schedules import get_lr
+from latentlab.trainer import TrainConfig
 from latentlab.utils import get_device, info, progress, torch_seeded
 
 class LinearProbe(nn.Module):
@@ -68,7 +69,7 @@ def default_lr(cfg: ProbeConfig, batch_size: int | None = None) -> float:
 
 
 def lr_schedule(cfg: ProbeConfig, base: float, n: int) -> TrainConfig:
-    """The probe's schedule for `trainer.get_lr`, counted in rows seen: linear warm-up over
+    """The probe's schedule for `schedules.get_lr`, counted in rows seen: linear warm-up over
     `warmup_epochs` passes of `n` rows, then a half cosine to 0 at the end of the last pass."""
     return TrainConfig(steps=max(1, cfg.epochs * n), lr=base, warmup_steps=cfg.warmup_epochs * n, min_lr_ratio=0.0)
 

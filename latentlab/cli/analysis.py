@@ -15,31 +15,42 @@ def _text(s: dict) -> str:
     lines = [f"protocol {s['protocol']}, PCA dimension {s['pca_dim']}; wrote {s['out']}"]
     for name, b in s["tokenizers"].items():
         key = next(k for k in b if k.startswith("best_") and k != "best_k")
-        lines.append(f"  {name}: explained variance {b['explained_variance']:.3f}, lowest "
-                     f"{key[5:].replace('_', ' ')} {b[key]:.4f} at K={b['best_k']}")
+        gains = [k for k in b if k.startswith("gain_k")]
+        flag = " (below --pca-variance)" if b.get("below_pca_variance") else ""
+        lines.append(f"  {name}: explained variance {b['explained_variance']:.3f}{flag}, lowest "
+                     f"{key[5:].replace('_', ' ')} {b[key]:.4f} at K={b['best_k']}; modes by BIC "
+                     f"{b.get('modes_bic')}" + (f", {gains[-1]} = {b[gains[-1]]:.3f}" if gains else ""))
     return "\n".join(lines)
 
 
 @cli.command("fit-gmm")
 @tokenizer_option
 @click.option("--components", default=None, metavar="K1,K2,..", help=f"Component counts to fit [{','.join(map(str, D.components))}].")
-@click.option("--pca-variance", type=float, default=None, help=f"Explained variance every tokenizer keeps, in (0, 1] [{D.pca_variance}].")
-@click.option("--pca-dim", type=int, default=None, help="A fixed PCA dimension instead of --pca-variance.")
+@click.option("--pca-variance", type=float, default=None,
+              help=f"Explained variance every tokenizer keeps, in (0, 1] [{D.pca_variance}]: the paper's rule, under "
+                   "which each tokenizer's NLL depends on the other tokenizers given. With --pca-dim: flag those below.")
+@click.option("--pca-dim", type=int, default=None,
+              help="A fixed PCA dimension instead of --pca-variance (results independent of the tokenizer set).")
+@click.option("--pca-dims", default=None, metavar="D1,D2,..", help="Also fit these PCA dimensions (a sweep).")
 @click.option("--covariance", default=None, metavar="full|diag", help="Covariance type [full; official: diag].")
 @click.option("--heldout", type=float, default=None, help=f"Held-out fraction of the train store [{D.heldout}].")
 @click.option("--out", required=True, type=click.Path(), help="Directory for gmm.csv, gmm.json and the figure.")
 @click.option("--protocol", type=click.Choice(["em", "official"]), default=None,
               help=f"em: latentlab's EM; official: the MAETok release (Adam, softmax weights) [{D.protocol}].")
-@click.option("--reducer", type=click.Choice(["pca", "umap"]), default=None, help=f"Reduction for --protocol official [{D.reducer}].")
+@click.option("--reducer", type=click.Choice(["pca", "umap"]), default=None,
+              help=f"Reduction for --protocol official [{D.reducer}; the authors' script defaults to umap].")
 @click.option("--max-iter", type=int, default=None, help=f"EM iterations per fit [{D.max_iter}].")
 @click.option("--n-init", type=int, default=None, help=f"EM restarts per fit [{D.n_init}].")
-@click.option("--epochs", "official_epochs", type=int, default=None, help=f"Adam epochs for --protocol official [{D.official_epochs}].")
-@click.option("--seed", type=int, default=None, help=f"Seed of the held-out split and the GMM init [{D.seed}].")
+@click.option("--epochs", "official_epochs", type=int, default=None,
+              help=f"Adam epochs for --protocol official [{D.official_epochs}; the authors' README runs 500].")
+@click.option("--seed", type=int, default=None,
+              help=f"Seed of the held-out split and the GMM init [{D.seed}]; with --protocol official only of the "
+                   f"init and batch order (its 80/20 split is fixed at seed {D.official_split_seed}).")
 @click.option("--device", default=None, help=f"cpu, cuda, cuda:N or auto [{D.device}].")
 @click.option("--batch-size", type=int, default=None, help="Rows per streamed chunk [automatic].")
 @click.option("--dataset", default=None, help="Dataset whose latents a tokenizer run extracts.")
 @json_option
-def fit_gmm_cmd(tokenizers, components, out, dataset, as_json, **opts):
+def fit_gmm_cmd(tokenizers, components, pca_dims, out, dataset, as_json, **opts):
     """Fit Gaussian mixtures to PCA-reduced latents and plot NLL against the number of components.
 
     \b
@@ -51,5 +62,7 @@ def fit_gmm_cmd(tokenizers, components, out, dataset, as_json, **opts):
     overrides = {k: v for k, v in opts.items() if v is not None}
     if components is not None:
         overrides["components"] = tuple(parse_int_list(components, "--components"))
+    if pca_dims is not None:
+        overrides["pca_dims"] = tuple(parse_int_list(pca_dims, "--pca-dims"))
     result = fit_gmm_curves(list(tokenizers), merge(FitGMMConfig(), overrides, "fit-gmm options"), out, dataset)
     emit(result.summary(), as_json, _text)

@@ -16,21 +16,28 @@ from latentlab.errors import LatentlabError
 @click.option("--out", required=True, type=click.Path(), help="Store directory to write (replaced atomically).")
 @click.option("--name", default=None, help="Tokenizer label recorded in the store (default: the directory name).")
 @click.option("--split", type=click.Choice(["train", "test"]), default=None, help="Split recorded for --latents.")
+@click.option("--planted", default=None, metavar="modes=M,dim=D,n=N,seed=S",
+              help="Planted modes: a whitened mixture of M Gaussians (label = mode), train/ and test/ "
+                   "(optional test=ROWS, sep=SPREAD).")
 @json_option
-def import_latents_cmd(dataset, latents_path, labels_path, out, name, split, as_json):
-    """Store latents as a LatentStore: a dataset's pixels, or latents extracted elsewhere.
+def import_latents_cmd(dataset, latents_path, labels_path, out, name, split, planted, as_json):
+    """Store latents as a LatentStore: a dataset's pixels, latents extracted elsewhere, or planted modes.
 
     \b
     latentlab import-latents --dataset mnist5k --out workspace/stores/pixels
     latentlab import-latents --latents X.npy --labels y.npy --out STORE --name sdvae
+    latentlab import-latents --planted modes=8,dim=16,n=4000,seed=0 --out workspace/stores/planted8
     """
     from latentlab.extract import import_arrays, import_pixels
+    from latentlab.planted import write_planted
 
-    if (dataset is None) == (latents_path is None):
-        raise LatentlabError("give exactly one of --dataset or --latents")
-    if dataset is not None and labels_path is not None:
-        raise LatentlabError("--labels goes with --latents; --dataset stores the dataset's own labels")
-    if dataset is not None:
+    if sum(x is not None for x in (dataset, latents_path, planted)) != 1:
+        raise LatentlabError("give exactly one of --dataset, --latents or --planted")
+    if labels_path is not None and latents_path is None:
+        raise LatentlabError("--labels goes with --latents; --dataset and --planted store their own labels")
+    if planted is not None:
+        stores = write_planted(planted, out, name=name)
+    elif dataset is not None:
         stores = import_pixels(dataset, out, name=name or "pixels")
     else:
         stores = {split or "train": import_arrays(latents_path, labels_path, out, name=name, split=split)}

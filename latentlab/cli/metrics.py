@@ -34,9 +34,19 @@ def _fd_text(s: dict) -> str:
     m = s["metric"]
     line = f"{m} = {s[m]:.4f}  [extractor {_extractor_line(s['extractor'])}"
     line += "]" if m.endswith("fid") and not m.startswith("fd_") else "; not FID]"
+    kid = next((k for k in s if "kid_" in k and "floor" not in k and k.endswith(s["extractor"]["name"])), None)
+    if kid:
+        line += f"\n{kid} = {s[kid]:.4g} ± {s[kid + '_std']:.2g} (std over {s[kid + '_subset_size']}-sample subsets)"
+    floor = next((k for k in s if "fd_floor_" in k and k.endswith(s["extractor"]["name"])), None)
+    if floor:
+        line += f"\n{floor} = {s[floor]:.4f}  [real vs real: {s[floor + '_n']} {s[floor + '_split']} images]"
     isn = s["extractor"].get("is_metric")
     if isn and isn in s:
         line += f"\n{isn} = {s[isn]:.3f} ± {s[isn + '_std']:.3f}"
+    acc = next((k for k in s if k.startswith("cond_acc_") and k.count("_") == 2 and k != "cond_acc_chance"), None)
+    if acc:
+        line += (f"\n{acc} = {s[acc]:.3f} [{s[acc + '_lo']:.3f}, {s[acc + '_hi']:.3f}] (95% exact; chance "
+                 f"{s['cond_acc_chance']:.3f})")
     return line
 
 

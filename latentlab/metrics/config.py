@@ -25,3 +25,5 @@ class MetricsConfig:
     weights: str = "ema"
     chunk: int = 5000                   # gFID samples decoded at a time
     grid: int = 16                      # eval-tokenizer: originals shown in the grid
+    kid_subsets: int = 100              # KID: random subset pairs (torch-fidelity's default) ...
+    kid_subset_size: int = 1000         # ... of this many rows each (lowered to the smaller set)

@@ -6,7 +6,12 @@
 
 Every result names its metric after the extractor: "fid" only for Inception-v3; "fd_lenet",
 "fd_dinov2", "fd_torchscript" otherwise (rFID becomes "rfd_lenet", gFID "gfd_lenet"), with the
-extractor's description (for lenet its test accuracy) next to it.
+extractor's description (for lenet its test accuracy) next to it. Every distance comes with
+its unbiased partner KID (`kid_lenet`, `gkid_lenet`, `rkid_inception`, ... with `_std` over
+subsets) and the real-vs-real floor at the same n (`fd_floor_lenet`, `gfd_floor_lenet`,
+`rfd_floor_lenet` and `*kid_floor_*`): the distance between the reference split and as many
+images of the dataset's other split. Class-conditional samples also get `cond_acc_lenet`, the
+share the extractor's classifier assigns to the class asked for, with its exact 95% interval.
 """
 
 from __future__ import annotations
@@ -23,17 +28,19 @@ from latentlab.errors import LatentlabError
 from latentlab.extract import open_tokenizer
 from latentlab.io import save_csv, save_json
 from latentlab.latents import count_nonfinite_rows
+from latentlab.metrics.accuracy import conditional_accuracy
 from latentlab.metrics.config import EMBEDDED_DATASETS, MetricsConfig
 from latentlab.metrics.extractors import FeatureExtractor, get_extractor
-from latentlab.metrics.fid import FeatureStats, GaussianStats, fd_between, inception_score
+from latentlab.metrics.fid import fd_between, inception_score
 from latentlab.metrics.images import ImageSet, open_images
+from latentlab.metrics.kid import kid
 from latentlab.metrics.recon import recon_metrics, ssim_sigma
-from latentlab.metrics.stats import FeatureSummary, compute_features, real_statistics
+from latentlab.metrics.stats import KID_POOL, FeatureSummary, compute_features, real_summary
 from latentlab.outputs import check_output, output_dir
 from latentlab.plots.recon import plot_recon_grid, plot_samples
 from latentlab.sit.sample import SampleConfig, balanced_labels, decode_latents, decoder_for, load_sit, sample_latents
 from latentlab.tokenizers.training import reconstruct
-from latentlab.utils import get_device, progress
+from latentlab.utils import get_device
 
 FID_KIND, RECON_KIND, GFID_KIND = "fid output", "eval-tokenizer output", "eval-sit output"  # `.latentlab` kinds
 
@@ -54,6 +61,11 @@ def metric_names(ext: FeatureExtractor, prefix: str = "") -> tuple[str, str | No
     return name, ext.is_metric
 
 
+def kid_names(ext: FeatureExtractor, prefix: str = "") -> tuple[str, str]:
+    """(KID name, real-vs-real FD floor name): ('kid_lenet', 'fd_floor_lenet'), ('gkid_inception', 'gfd_floor_inception')."""
+    return f"{prefix}kid_{ext.name}", f"{prefix}fd_floor_{ext.name}"
+
+
 def _is_entry(ext: FeatureExtractor, summary: FeatureSummary, splits: int) -> dict:
     if summary.logits is None or ext.is_metric is None:
         return {}
@@ -70,28 +82,71 @@ def _extractor_for(cfg: MetricsConfig, dataset: str | None) -> FeatureExtractor:
 
 
 def _reference(real: str, ext: FeatureExtractor, cfg: MetricsConfig, image_size: int | None = None
-               ) -> tuple[GaussianStats, dict]:
-    """Statistics of the real side: a dataset split (cached) at `image_size`, or an image folder / npz."""
+               ) -> tuple[FeatureSummary, dict]:
+    """Statistics (and KID features) of the real side: a dataset split (cached) at `image_size`, or a folder / npz."""
     p = Path(real).expanduser()
     if p.exists():
         imgs = open_images(p)
         n = min(imgs.n, cfg.real_limit or imgs.n)
         s = compute_features(ext, imgs.batches(cfg.batch_size, cfg.real_limit), total=n, desc="real features",
-                             keep_logits=False)
-        return s.stats, {**imgs.describe(), "n": s.stats.n, "stats_cached": False}
+                             keep_logits=False, keep_features=KID_POOL)
+        return s, {**imgs.describe(), "n": s.stats.n, "stats_cached": False}
     dataset, split = parse_real(real)
-    stats, cached = real_statistics(dataset, split, ext, image_size=image_size, batch_size=cfg.batch_size,
-                                    limit=cfg.real_limit)
-    return stats, {"dataset": dataset, "split": split, "n": stats.n, "stats_cached": cached}
+    s, cached = real_summary(dataset, split, ext, image_size=image_size, batch_size=cfg.batch_size,
+                             limit=cfg.real_limit)
+    return s, {"dataset": dataset, "split": split, "n": s.stats.n, "stats_cached": cached}
+
+
+def _kid_entry(ref: FeatureSummary, other: FeatureSummary, name: str, cfg: MetricsConfig) -> dict:
+    mean, std, size = kid(ref.features, other.features, cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
+    return {name: mean, f"{name}_std": std, f"{name}_subset_size": size}
+
+
+def distances(ref: FeatureSummary, fake: FeatureSummary, ext: FeatureExtractor, cfg: MetricsConfig,
+              prefix: str = "") -> dict:
+    """FD and KID (mean, std over subsets) between two feature summaries, named after the extractor."""
+    name, _ = metric_names(ext, prefix)
+    return {name: fd_between(ref.stats, fake.stats), **_kid_entry(ref, fake, kid_names(ext, prefix)[0], cfg)}
+
+
+def floor_against(real: str, ref: FeatureSummary, n: int, ext: FeatureExtractor, cfg: MetricsConfig,
+                  prefix: str = "", image_size: int | None = None) -> dict:
+    """The real-vs-real floor: FD and KID between `real` (a DATASET:SPLIT) and n images of the dataset's other split.
+
+    Real images are what a perfect generator (or tokenizer) would produce, so this is the
+    distance that sample noise alone gives at this n; fewer other-split images than n are all
+    used (`*_floor_n` says how many). A folder or npz reference has no other split: no floor.
+    """
+    kname, fname = kid_names(ext, prefix)
+    if Path(real).expanduser().exists():
+        return {f"{fname}_note": "the reference is an image folder: no other split for a real-vs-real floor"}
+    dataset, split = parse_real(real)
+    other = "test" if split == "train" else "train"
+    s, _ = real_summary(dataset, other, ext, image_size=image_size, batch_size=cfg.batch_size, limit=n)
+    kid_entry = _kid_entry(ref, s, kname.replace("kid_", "kid_floor_", 1), cfg)
+    return {fname: fd_between(ref.stats, s.stats), f"{fname}_n": s.stats.n, f"{fname}_split": other, **kid_entry}
+
+
+def _cond_entry(ext: FeatureExtractor, fake: FeatureSummary, labels: np.ndarray | None) -> dict:
+    """Conditional accuracy of generated images by the extractor's classifier, when it classifies the dataset."""
+    if labels is None or fake.logits is None or not ext.dataset_classes or not (np.asarray(labels) >= 0).any():
+        return {}
+    c = conditional_accuracy(fake.logits, labels)
+    name = f"cond_acc_{ext.name}"
+    return {name: c["acc"], f"{name}_lo": c["lo"], f"{name}_hi": c["hi"], "cond_acc_chance": c["chance"]}
 
 
 def fd_against(real: str, fake_batches: Iterable[torch.Tensor], n_fake: int, cfg: MetricsConfig,
-               ext: FeatureExtractor, prefix: str = "", image_size: int | None = None) -> dict:
-    """FD (+ IS when the extractor classifies) between `real` and streamed fake batches (B, C, H, W) in [-1, 1]."""
+               ext: FeatureExtractor, prefix: str = "", image_size: int | None = None,
+               labels: np.ndarray | None = None) -> dict:
+    """FD, KID and their real-vs-real floor (+ IS and, given the conditioning `labels`, conditional accuracy
+    when the extractor classifies) between `real` and streamed fake batches (B, C, H, W) in [-1, 1]."""
     ref, real_info = _reference(real, ext, cfg, image_size)
-    fake = compute_features(ext, fake_batches, total=n_fake, desc="generated features")
+    fake = compute_features(ext, fake_batches, total=n_fake, desc="generated features", keep_features=KID_POOL)
     name, _ = metric_names(ext, prefix)
-    return {"metric": name, name: fd_between(ref, fake.stats), **_is_entry(ext, fake, cfg.is_splits),
+    return {"metric": name, **distances(ref, fake, ext, cfg, prefix),
+            **floor_against(real, ref, fake.stats.n, ext, cfg, prefix, image_size),
+            **_is_entry(ext, fake, cfg.is_splits), **_cond_entry(ext, fake, labels),
             "extractor": ext.describe(), "real": real_info, "n_fake": fake.stats.n}
 
 
@@ -103,7 +158,7 @@ def fid(real: str, fake: str | ImageSet, cfg: MetricsConfig | None = None, out: 
     imgs = fake if isinstance(fake, ImageSet) else open_images(fake)
     dataset = None if Path(real).expanduser().exists() else parse_real(real)[0]
     ext = _extractor_for(cfg, dataset)
-    summary = fd_against(real, imgs.batches(cfg.batch_size), imgs.n, cfg, ext)
+    summary = fd_against(real, imgs.batches(cfg.batch_size), imgs.n, cfg, ext, labels=imgs.labels)
     summary["fake"] = imgs.describe()
     if out is not None:
         row = {"real": summary["real"].get("dataset", summary["real"].get("source")), "fake": imgs.source,
@@ -165,31 +220,37 @@ def eval_tokenizer(run: str | Path, cfg: MetricsConfig | None = None, out: str |
         raise LatentlabError(f"{run} does not record its dataset; give --dataset")
     ds = get_dataset(dataset, split, image_size=info.get("image_size"))
     ext = _extractor_for(cfg, dataset)
-    ref, _ = _reference(f"{dataset}:{split}", ext, cfg, ds.image_size)
-    acc, rows = FeatureStats(), {"psnr": [], "ssim": []}
-    for x, _ in progress(ds.batches(cfg.batch_size), desc="reconstruct", total=-(-len(ds) // cfg.batch_size)):
-        r = reconstruct(model, x.to(device), cfg.batch_size).cpu()          # (B, C, H, W)
-        bad = count_nonfinite_rows(r.numpy())
-        if bad:
-            raise LatentlabError(f"{bad} of {len(r)} reconstructions by {run} hold NaN or inf; the tokenizer is unusable, "
-                                 f"retrain it")
-        for k, v in recon_metrics(x, r).items():
-            rows[k].append(v.numpy())
-        acc.update(ext.extract(r)[0])
+    real = f"{dataset}:{split}"
+    ref, _ = _reference(real, ext, cfg, ds.image_size)
+    rows = {"psnr": [], "ssim": []}
+
+    def recon_batches():
+        for x, _ in ds.batches(cfg.batch_size):
+            r = reconstruct(model, x.to(device), cfg.batch_size).cpu()          # (B, C, H, W)
+            bad = count_nonfinite_rows(r.numpy())
+            if bad:
+                raise LatentlabError(f"{bad} of {len(r)} reconstructions by {run} hold NaN or inf; the tokenizer is "
+                                     f"unusable, retrain it")
+            for k, v in recon_metrics(x, r).items():
+                rows[k].append(v.numpy())
+            yield r
+    rec = compute_features(ext, recon_batches(), total=len(ds), desc="reconstruct", keep_logits=False,
+                           keep_features=KID_POOL)
     grid_idx = np.unique(np.linspace(0, len(ds) - 1, min(cfg.grid, len(ds))).round().astype(int))  # spread out
     x = ds.get_batch(grid_idx)[0]
     shown = (to_uint8(x), to_uint8(reconstruct(model, x.to(device), cfg.batch_size).cpu()))
-    rec = GaussianStats.from_stats(acc)
     name, _ = metric_names(ext, "r")
     psnr, ssim = np.concatenate(rows["psnr"]), np.concatenate(rows["ssim"])
     summary = {"tokenizer": info.get("name", str(run)), "run": str(run), "dataset": dataset, "split": split,
-               "n": len(ds), "metric": name, name: fd_between(ref, rec),
+               "n": len(ds), "metric": name, **distances(ref, rec, ext, cfg, "r"),
+               **floor_against(real, ref, rec.stats.n, ext, cfg, "r", ds.image_size),
                "psnr": float(np.mean(psnr)), "psnr_std": float(np.std(psnr)),
                "ssim": float(np.mean(ssim)), "ssim_std": float(np.std(ssim)),
                "ssim_sigma": ssim_sigma(ds.image_size, ds.image_size),
                "checkpoint_hash": info.get("checkpoint_hash"), "extractor": ext.describe()}
     row = {k: summary[k] for k in ("tokenizer", "dataset", "split", "n", "psnr", "psnr_std", "ssim", "ssim_std",
                                    "ssim_sigma", name)}
+    row.update({k: v for k, v in summary.items() if k not in row and isinstance(v, (int, float))})
     row.update(extractor=summary["extractor"]["name"], extractor_test_accuracy=summary["extractor"].get("test_accuracy"),
                checkpoint_hash=summary["checkpoint_hash"])
     per_image = pd.DataFrame({"index": np.arange(len(psnr)), "label": ds.labels[:len(psnr)], "psnr": psnr, "ssim": ssim})
@@ -244,7 +305,7 @@ def eval_sit(run: str | Path, cfg: MetricsConfig | None = None, out: str | Path 
     ext = _extractor_for(cfg, dataset)
     shown: list = []
     summary = fd_against(f"{dataset}:train", _sit_batches(model, rc, decoder, labels, cfg, device, shown), n, cfg,
-                         ext, prefix="g", image_size=prov.get("image_size"))
+                         ext, prefix="g", image_size=prov.get("image_size"), labels=labels)
     summary.update(run=str(run), dataset=dataset, decoder=source, n=n,
                    sampling={k: getattr(cfg, k) for k in ("cfg", "steps", "sampler", "seed", "weights")})
     row = {"run": summary["run"], "dataset": dataset, "n": n, **summary["sampling"], **_floats(summary),

@@ -41,6 +41,7 @@ class FeatureExtractor:
     is_metric: str | None = None        # the Inception-score name when the network classifies
     channels: int | None = None         # input channels the network wants (None: any)
     image_size: int | None = None       # input size the network wants (None: any)
+    dataset_classes: bool = False       # its logits are the dataset's own classes (conditional accuracy)
 
     def __init__(self, device: str | torch.device = "cpu"):
         self.device = torch.device(device)
@@ -154,7 +155,7 @@ class DinoV2Extractor(FeatureExtractor):
 class LeNetExtractor(FeatureExtractor):
     """FD-lenet: penultimate features of a small CNN trained on the dataset (see latentlab.metrics.lenet)."""
 
-    name, metric, is_metric = "lenet", "fd_lenet", "is_lenet"
+    name, metric, is_metric, dataset_classes = "lenet", "fd_lenet", "is_lenet", True
 
     def __init__(self, device: str | torch.device = "cpu", dataset: str = "mnist5k", image_size: int | None = None,
                  cache_root: str | os.PathLike | None = None, config=None):

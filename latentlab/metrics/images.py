@@ -41,6 +41,7 @@ class ImageSet:
     channels: int
     array: np.ndarray | None = None      # (N, H, W, C) uint8, or None for files
     files: list[Path] | None = None
+    labels: np.ndarray | None = None     # (N,) class each image was generated for (an npz's "labels"), if known
 
     def uint8(self, idx: np.ndarray) -> np.ndarray:
         """Images at `idx` as uint8 (B, H, W, C)."""
@@ -96,9 +97,13 @@ def _open_npz(path: Path, min_images: int) -> ImageSet:
                 raise LatentlabError(f"{path} has no array {NPZ_KEY!r} (it has {', '.join(z.files) or 'none'}); "
                                      f"save uint8 (N, H, W, C) images under the key {NPZ_KEY!r}")
             arr = z[NPZ_KEY]
+            labels = z["labels"] if "labels" in z.files else None
     except (ValueError, OSError) as e:
         raise LatentlabError(f"{path} is not a readable .npz ({type(e).__name__}); write it with numpy.savez") from None
-    return from_array(arr, str(path), min_images)
+    imgs = from_array(arr, str(path), min_images)
+    if labels is not None and labels.shape == (imgs.n,) and np.issubdtype(labels.dtype, np.integer):
+        imgs.labels = labels.astype(np.int64)
+    return imgs
 
 
 def _open_folder(path: Path, min_images: int) -> ImageSet:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 
-from latentlab.config import TrainConfig, merge
+from latentlab.config import TrainConfig, train_config
 from latentlab.errors import LatentlabError
 
 LAYOUTS = ("tokens", "grid")
@@ -116,7 +116,7 @@ class SiTTrainConfig:
 
     def train_config(self, where: str = "train-sit config 'train'") -> TrainConfig:
         """The shared loop's TrainConfig: the preset's `SIT_TRAIN_DEFAULTS`, then the `train` overrides."""
-        return merge(SIT_TRAIN_DEFAULTS[self.model], self.train, where)
+        return train_config(SIT_TRAIN_DEFAULTS[self.model], self.train, where)
 
 
 @dataclass

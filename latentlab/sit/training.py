@@ -5,7 +5,12 @@ store's statistics, and drives `latentlab.trainer.train` with a `SiTTask`:
 
 - the loss is the velocity-matching loss of `latentlab.sit.transport` (t = 1 is data), with
   label dropout to the null class for classifier-free guidance;
-- every `eval_every` steps the EMA model is scored on a FIXED held-out set (`HeldOut`).
+- every `eval_every` steps the EMA model and the raw model are scored on a FIXED held-out set
+  (`HeldOut`): `heldout_loss` (EMA) and `heldout_loss_raw`, each also per t, next to the
+  linear-Gaussian reference `sit_loss_linear` of these latents (`latentlab.sit.reference`) and
+  `sit_loss_gap = heldout_loss - sit_loss_linear`;
+- `until: plateau` (in `train`) stops when the EMA's held-out loss stalls; the summary adds
+  `sit_loss_auc`, the mean held-out loss over all evaluations, and `steps_done`.
 
 What "the same held-out set for every tokenizer of a dataset" means here:
   * the same images: `HELDOUT_SIZE` indices chosen by a seed that depends only on
@@ -34,7 +39,9 @@ from latentlab.io import load_json, obj_hash, save_csv
 from latentlab.latents import LatentStore
 from latentlab.plots.sit import plot_heldout
 from latentlab.sit.config import SiTTrainConfig
+from latentlab.schedules import ema_max_decay
 from latentlab.sit.model import SiT, sit_config, token_patch_for
+from latentlab.sit.reference import latent_spectrum, reference_losses
 from latentlab.sit.transport import TimeSampling, drop_labels, flow_loss, parse_enum, sample_t
 from latentlab.trainer import TrainConfig, TrainTask, check_run_dir, index_batch, train, unwrap
 from latentlab.utils import derive_seed, torch_seeded
@@ -149,7 +156,9 @@ def heldout_loss(model: torch.nn.Module, heldout: HeldOut, norm: dict, batch_siz
 # ---------------------------------------------------------------- the task
 
 class SiTTask(TrainTask):
-    """Velocity matching on normalised latents; held-out loss of the EMA model as `evaluate`."""
+    """Velocity matching on normalised latents; held-out loss of the EMA and raw models, and the linear reference."""
+
+    monitor = "heldout_loss"
 
     def __init__(self, model: SiT, train_store: LatentStore, train_rows: np.ndarray, norm: dict,
                  heldout: HeldOut, cfg: SiTTrainConfig, tcfg: TrainConfig, provenance: dict):
@@ -158,6 +167,14 @@ class SiTTask(TrainTask):
         self.time_sampling = parse_enum(TimeSampling, cfg.time_sampling, "time sampling")
         self._labels = train_store.labels
         self._sum, self._count = 0.0, 0
+        self._reference: dict | None = None
+
+    def reference(self) -> dict:
+        """`sit_loss_linear` (mean and per t) from the covariance of the training rows as the model sees them."""
+        if self._reference is None:
+            lam = latent_spectrum(self.store, self.rows, lambda x: normalize(x, self.norm))
+            self._reference = reference_losses(lam, self.heldout.t_grid, self.store.dim)
+        return self._reference
 
     def batch(self, step: int, rank: int, world_size: int, per_rank: int):
         """Normalised latents, labels (unlabelled -> null class) and (offset, global size) of this rank's slice."""
@@ -189,9 +206,14 @@ class SiTTask(TrainTask):
         return {"loss": loss, "loss_avg": torch.tensor(self._sum / self._count, device=x.device)}
 
     def evaluate(self, ema_model, step):
-        """Held-out loss (mean and per t) of the EMA model."""
+        """Held-out loss (mean and per t) of the EMA model and of the raw model, the linear reference and the gap."""
         dev = next(ema_model.parameters()).device
-        return heldout_loss(ema_model, self.heldout, self.norm, self.cfg.eval_batch_size, dev)
+        ema = heldout_loss(ema_model, self.heldout, self.norm, self.cfg.eval_batch_size, dev)
+        raw = heldout_loss(self.model, self.heldout, self.norm, self.cfg.eval_batch_size, dev)
+        ref = self.reference()
+        return {**ema, **{k.replace("heldout_loss", "heldout_loss_raw", 1): v for k, v in raw.items()}, **ref,
+                "sit_loss_gap": ema["heldout_loss"] - ref["sit_loss_linear"],
+                "sit_loss_gap_raw": raw["heldout_loss"] - ref["sit_loss_linear"]}
 
     def run_config(self) -> dict:
         """Model, normalisation, held-out set and latent provenance: all `sample` needs."""
@@ -278,26 +300,41 @@ def train_sit(tokenizer, out: str | Path, cfg: SiTTrainConfig | None = None, res
         files["csv"] = str(save_csv(table, out / "heldout_loss.csv"))
         files["png"] = str(plot_heldout({task.provenance["name"]: table}, out / "heldout_loss"))
     final = summary.get("eval", {})
+    means = table[table.t == "mean"]["loss"] if table is not None else []
     return {**summary, "model": cfg.model, "latents": task.provenance["name"],
             "sample_shape": list(task.store.sample_shape), "heldout": task.heldout.describe(),
-            "heldout_loss": final.get("heldout_loss"), "files": files}
+            **{k: final.get(k) for k in SUMMARY_KEYS},
+            "sit_loss_auc": float(np.mean(means)) if len(means) else None,
+            "ema_max_decay": ema_max_decay(tcfg), "files": files}
+
+
+SUMMARY_KEYS = ("heldout_loss", "heldout_loss_raw", "sit_loss_linear", "sit_loss_gap", "sit_loss_gap_raw")
+TABLE_COLUMNS = ["step", "t", "loss", "loss_raw", "loss_linear", "gap"]
 
 
 def heldout_table(run: str | Path):
-    """DataFrame (step, t, loss) of the held-out evaluations in RUN/metrics.jsonl; t = "mean" for the mean."""
+    """DataFrame of the held-out evaluations in RUN/metrics.jsonl, one row per (step, t); t = "mean" for the mean.
+
+    Columns: step, t, loss (EMA model), loss_raw (raw model), loss_linear (the linear-Gaussian
+    reference, `latentlab.sit.reference`), gap = loss - loss_linear.
+    """
     import json
 
     import pandas as pd
 
     path = Path(run) / "metrics.jsonl"
-    rows = []
     if not path.is_file():
         return None
+    rows = []
     for line in path.read_text().splitlines():
         rec = json.loads(line)
-        for k, v in rec.get("eval", {}).items():
-            if k == "heldout_loss":
-                rows.append({"step": rec["step"], "t": "mean", "loss": v})
-            elif k.startswith("heldout_loss@t="):
-                rows.append({"step": rec["step"], "t": k.split("=", 1)[1], "loss": v})
-    return pd.DataFrame(rows, columns=["step", "t", "loss"]) if rows else None
+        ev, step = rec.get("eval", {}), rec.get("step")
+        for k, v in ev.items():
+            if k != "heldout_loss" and not k.startswith("heldout_loss@t="):
+                continue
+            tail = k[len("heldout_loss"):]                               # "" or "@t=0.0625"
+            lin = ev.get("sit_loss_linear" + tail, float("nan"))
+            rows.append({"step": step, "t": tail.split("=", 1)[1] if tail else "mean", "loss": v,
+                         "loss_raw": ev.get("heldout_loss_raw" + tail, float("nan")), "loss_linear": lin,
+                         "gap": v - lin})
+    return pd.DataFrame(rows, columns=TABLE_COLUMNS) if rows else None

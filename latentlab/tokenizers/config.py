@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from latentlab.config import TrainConfig, from_dict
+from latentlab.config import TrainConfig, train_config
 
 ARCHS = ("ae", "vae", "vavae", "maetok")  # the keys of models.TOKENIZERS, in its order
 STAGES = ("full", "decoder-finetune")
@@ -122,4 +122,4 @@ class TokenizerRunConfig:
 
     def train_config(self, where: str = "train config") -> TrainConfig:
         """The TrainConfig: tokenizer defaults, then the `train` overrides."""
-        return from_dict(TrainConfig, {**TRAIN_DEFAULTS, **self.train}, where)
+        return train_config(TRAIN_DEFAULTS, self.train, where)

@@ -10,8 +10,9 @@ import numpy as np
 from latentlab.analysis.config import FitGMMConfig, check_config  # noqa: F401  (the fit-gmm settings; re-exported)
 from latentlab.errors import LatentlabError
 
-COLUMNS = ["tokenizer", "n_components", "pca_dim", "explained_variance", "train_nll", "heldout_nll", "nll_per_dim",
-           "bic", "aic", "n_iter", "converged", "seconds", "protocol"]
+COLUMNS = ["tokenizer", "n_components", "pca_dim", "explained_variance", "below_pca_variance", "train_nll",
+           "heldout_nll", "nll_per_dim", "bic", "aic", "n_iter", "converged", "n_init", "heldout_nll_spread",
+           "seconds", "protocol"]
 
 
 @dataclass
