@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 from scipy.special import logsumexp
+from scipy.stats import chi2
 
 from latentlab.errors import LatentlabError
 from latentlab.latents import LatentStore
@@ -108,16 +109,19 @@ class PlantedMixture:
         z = rng.standard_normal((n, self.spec.dim))                                     # (n, D)
         return (self.means[labels] + z @ self._chol.T).astype(np.float32), labels
 
-    def component_log_density(self, x: np.ndarray) -> np.ndarray:
-        """(n, M) log pi_m + log N(x; mu_m, C) in float64."""
+    def mahalanobis2(self, x: np.ndarray) -> np.ndarray:
+        """(n, M) squared Mahalanobis distance of each point to each mode (shared covariance C)."""
         x = np.asarray(x, np.float64).reshape(len(x), -1)                       # (n, D)
         if x.shape[1] != self.spec.dim:
             raise LatentlabError(f"points have {x.shape[1]} dimensions; the planted mixture has {self.spec.dim}")
         diff = x[:, None, :] - self.means[None]                                 # (n, M, D)
         sol = np.linalg.solve(self._chol, diff.reshape(-1, self.spec.dim).T)    # (D, n*M)
-        maha = np.square(sol).sum(0).reshape(len(x), self.spec.modes)           # (n, M)
+        return np.square(sol).sum(0).reshape(len(x), self.spec.modes)           # (n, M)
+
+    def component_log_density(self, x: np.ndarray) -> np.ndarray:
+        """(n, M) log pi_m + log N(x; mu_m, C) in float64."""
         d = self.spec.dim
-        return np.log(self.weights)[None] - 0.5 * (maha + self._logdet + d * math.log(2 * math.pi))
+        return np.log(self.weights)[None] - 0.5 * (self.mahalanobis2(x) + self._logdet + d * math.log(2 * math.pi))
 
     def log_density(self, x: np.ndarray) -> np.ndarray:
         """(n,) exact log-density of the whitened mixture at x (n, D)."""
@@ -127,19 +131,35 @@ class PlantedMixture:
         """(n,) the most probable mode of each point."""
         return np.argmax(self.component_log_density(x), axis=1)
 
-    def coverage(self, x: np.ndarray, min_share: float = 0.1) -> dict:
-        """Mode coverage of points x: share of modes holding >= min_share of their expected count, and balance.
+    def coverage(self, x: np.ndarray, min_share: float = 0.1, level: float = 0.99) -> dict:
+        """Which modes points x hit. A point is in mode m when m is its most probable mode and it lies inside
+        m's `level` ellipsoid (squared Mahalanobis distance <= the chi^2_D quantile).
 
-        balance is the entropy of the assigned-mode histogram over log M (1: every mode equally
-        often; 1 for M = 1).
+        in_mode: share of points inside some mode; mode_coverage: share of modes holding at least
+        `min_share` of their expected count of such points; mode_balance: entropy of the histogram of
+        those points over the modes, divided by log M (1: every mode equally often; 1 for M = 1).
         """
         m = self.spec.modes
-        counts = np.bincount(self.mode_of(x), minlength=m)                       # (M,)
+        maha = self.mahalanobis2(x)                                               # (n, M)
+        best = np.argmax(np.log(self.weights)[None] - 0.5 * maha, axis=1)         # shared C: most probable mode
+        inside = maha[np.arange(len(x)), best] <= chi2.ppf(level, self.spec.dim)
+        counts = np.bincount(best[inside], minlength=m)                           # (M,)
         expected = len(x) * self.weights
         p = counts / max(counts.sum(), 1)
         ent = -float(np.sum(p[p > 0] * np.log(p[p > 0])))
-        return {"mode_coverage": float(np.mean(counts >= min_share * expected)),
-                "mode_balance": ent / math.log(m) if m > 1 else 1.0, "mode_counts": counts.tolist()}
+        return {"in_mode": float(inside.mean()), "mode_coverage": float(np.mean(counts >= min_share * expected)),
+                "mode_balance": ent / math.log(m) if m > 1 else float(counts.sum() > 0), "mode_counts": counts.tolist()}
+
+
+def score_generated(mix: PlantedMixture, x: np.ndarray, labels: np.ndarray | None = None) -> dict:
+    """Exact mean log-density (and its standard error) of points x under the mixture, and, for class-conditional
+    points, the share whose most probable mode is the one asked for (`mode_accuracy`)."""
+    x = np.asarray(x, np.float64).reshape(len(x), -1)
+    lp = mix.log_density(x)
+    out = {"logp": float(lp.mean()), "logp_se": float(lp.std(ddof=1) / np.sqrt(len(lp))) if len(lp) > 1 else 0.0}
+    if labels is not None and (np.asarray(labels) >= 0).all():
+        out["mode_accuracy"] = float(np.mean(mix.mode_of(x) == np.asarray(labels)))
+    return out
 
 
 def write_planted(spec: PlantedSpec | str, out: str | os.PathLike, name: str | None = None) -> dict[str, LatentStore]:

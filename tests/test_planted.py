@@ -31,8 +31,11 @@ def test_log_density_matches_scipy_and_the_total_covariance_is_the_identity():
     assert np.mean(mix.mode_of(z) == y) > 0.9                                 # sep=4: modes barely overlap
     cov = mix.coverage(z)
     assert cov["mode_coverage"] == 1.0 and cov["mode_balance"] > 0.99
+    assert cov["in_mode"] == pytest.approx(0.99, abs=0.01)                    # the 99% ellipsoids
     one = mix.coverage(z[y == 2])                                             # a collapsed generator
     assert one["mode_coverage"] == pytest.approx(0.2) and one["mode_balance"] < 0.1
+    blur = mix.coverage(z * 3)                                                # samples off the modes hit none
+    assert blur["in_mode"] < 0.05 and blur["mode_coverage"] < 0.5
 
 
 @pytest.mark.parametrize("bad", ["modes=0,dim=4,n=10", "modes=2,dim=4", "modes=2,dim=4,n=10,colour=3",
