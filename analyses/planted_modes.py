@@ -69,6 +69,7 @@ save_json({"scale": args.scale, **S, "modes": modes, "sep": args.sep, "seed": ar
 
 for m, spec in specs.items():
     if not (out / f"m{m}" / "latents" / "test" / "manifest.json").is_file():
+        (out / f"m{m}").mkdir(exist_ok=True)
         write_planted(spec, out / f"m{m}" / "latents", name=f"m{m}")
 
 # ---- GMM: every M in one fit (the full dimension, so the tokenizer set cannot change a row)

@@ -28,7 +28,8 @@ from scipy.special import logsumexp
 from scipy.stats import chi2
 
 from latentlab.errors import LatentlabError
-from latentlab.latents import LatentStore
+from latentlab.latents import STORE_SET_KIND, LatentStore
+from latentlab.outputs import output_dir
 from latentlab.utils import derive_seed
 
 SPEC_KEYS = ("modes", "dim", "n", "seed", "test", "sep")
@@ -167,13 +168,13 @@ def write_planted(spec: PlantedSpec | str, out: str | os.PathLike, name: str | N
     spec = parse_planted(spec) if isinstance(spec, str) else spec
     mix = PlantedMixture(spec)
     out = Path(out)
-    stores = {}
-    for split, n in (("train", spec.n), ("test", spec.n_test)):
-        x, y = mix.sample(n, derive_seed("planted-rows", spec.seed, split, n))
-        meta = {"name": name or f"planted-m{spec.modes}", "tokenizer": "planted", "dataset": spec.key(),
-                "split": split, "planted": {**dataclasses.asdict(spec), "test": spec.n_test}}
-        stores[split] = LatentStore.create(out / split, x, y, meta)
-    return stores
+    with output_dir(out, STORE_SET_KIND) as tmp:  # checked before any work; the set appears whole or not at all
+        for split, n in (("train", spec.n), ("test", spec.n_test)):
+            x, y = mix.sample(n, derive_seed("planted-rows", spec.seed, split, n))
+            meta = {"name": name or f"planted-m{spec.modes}", "tokenizer": "planted", "dataset": spec.key(),
+                    "split": split, "planted": {**dataclasses.asdict(spec), "test": spec.n_test}}
+            LatentStore.create(tmp / split, x, y, meta)
+    return {split: LatentStore.open(out / split) for split in ("train", "test")}
 
 
 def planted_slug(spec: PlantedSpec) -> str:
