@@ -1,4 +1,4 @@
-"""Dataclass configs loaded from YAML/JSON/dicts where unknown keys are errors, and `TrainConfig`.
+"""Dataclass configs loaded from YAML/JSON/dicts where unknown keys are errors; `TrainConfig`, `ExtractConfig`.
 
 Torch-free, like every `config.py` of the subpackages: the CLI reads its defaults from them
 without importing torch.
@@ -250,3 +250,13 @@ def train_config(defaults: "TrainConfig | dict", overrides: dict | None, where: 
     if isinstance(defaults, dict):
         return from_dict(TrainConfig, {**defaults, **overrides}, where)
     return merge(defaults, overrides, where)
+
+
+@dataclass
+class ExtractConfig:
+    """The defaults of `extract.extract` (encoding one dataset split into a LatentStore)."""
+
+    split: str = "train"
+    batch_size: int = 256
+    weights: str = "ema"
+    device: str = "auto"

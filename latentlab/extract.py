@@ -37,6 +37,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from latentlab.config import ExtractConfig
 from latentlab.data import get_dataset
 from latentlab.errors import LatentlabError
 from latentlab.io import file_hash, load_json, obj_hash, workspace_root
@@ -83,8 +84,10 @@ def _layout(z: np.ndarray) -> str:
     return "tokens" if z.ndim == 3 else "grid"
 
 
-def extract(tokenizer: str | Path, dataset: str | None = None, split: str = "train", out: str | Path | None = None,
-            batch_size: int = 256, weights: str = "ema", device: str = "auto", name: str | None = None) -> LatentStore:
+def extract(tokenizer: str | Path, dataset: str | None = None, split: str = ExtractConfig.split,
+            out: str | Path | None = None, batch_size: int = ExtractConfig.batch_size,
+            weights: str = ExtractConfig.weights, device: str = ExtractConfig.device,
+            name: str | None = None) -> LatentStore:
     """Encode a dataset split with a tokenizer into a new LatentStore at `out` (rank 0 writes; all ranks encode)."""
     if out is None:
         raise LatentlabError("give --out, the store directory to write")

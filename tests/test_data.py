@@ -13,7 +13,7 @@ def test_mnist5k_split_and_range():
     assert x.shape == (8, 1, 32, 32) and x.min() >= -1 and x.max() <= 1
     assert float(x[:, :, :2].max()) == -1.0  # padding is background
     # the split is fixed: train and test are disjoint
-    assert not set(map(bytes, tr.images[:200])) & set(map(bytes, te.images))
+    assert not set(map(bytes, tr.source.images[:200])) & set(map(bytes, te.source.images))
 
 
 def test_digits_and_shapes():

@@ -80,7 +80,7 @@ def test_imagefolder_flat_layout_is_split_and_empty_folder_errors(tmp_path):
     tr = get_dataset(f"imagefolder:{tmp_path / 'flat'}", "train", image_size=8)
     te = get_dataset(f"imagefolder:{tmp_path / 'flat'}", "test", image_size=8)
     assert len(tr) == 18 and len(te) == 2 and sorted(te.labels.tolist()) == [0, 1]
-    assert not set(tr.files) & set(te.files)
+    assert not set(tr.source.files) & set(te.source.files)
     (tmp_path / "empty" / "x").mkdir(parents=True)
     with pytest.raises(LatentlabError, match="no images"):
         get_dataset(f"imagefolder:{tmp_path / 'empty'}", "train")
@@ -95,5 +95,5 @@ def test_imagefolder_imagenet_layout_uses_val_as_test(tmp_path):
             for i in range(n):
                 Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(tmp_path / "in" / split / c / f"{i}.JPEG")
     te = get_dataset(f"imagefolder:{tmp_path / 'in'}", "test", image_size=8)
-    assert len(te) == 2 and all("/val/" in f for f in te.files)
+    assert len(te) == 2 and all("/val/" in f for f in te.source.files)
     assert len(get_dataset(f"imagefolder:{tmp_path / 'in'}", "train", image_size=8)) == 6

@@ -34,7 +34,7 @@ def ws(lenet_root):
 
 @pytest.fixture(scope="module")
 def mnist_test():
-    return get_dataset("mnist5k", "test").images                               # (1000, 32, 32, 1) uint8
+    return get_dataset("mnist5k", "test").source.images                        # (1000, 32, 32, 1) uint8
 
 
 def write_pngs(folder, images):
@@ -132,7 +132,7 @@ def test_eval_tokenizer_matches_skimage_and_writes_its_outputs(ws, tmp_path):
         assert (run / "eval" / f).is_file(), f
     # independent check: reconstruct, then scikit-image on [0, 1] images
     model, _ = load_tokenizer(run)
-    x = torch.from_numpy(get_dataset("mnist5k", "test").images).float().div(127.5).sub(1).permute(0, 3, 1, 2)
+    x = torch.from_numpy(get_dataset("mnist5k", "test").source.images).float().div(127.5).sub(1).permute(0, 3, 1, 2)
     r = reconstruct(model, x)
     a, b = ((x + 1) / 2).squeeze(1).double().numpy(), ((r + 1) / 2).clamp(0, 1).squeeze(1).double().numpy()
     sk_p = [peak_signal_noise_ratio(a[i], b[i], data_range=1.0) for i in range(len(a))]

@@ -15,6 +15,7 @@ POOLS = ("flatten", "mean")
 DEFAULT_MAX_BYTES = 4 << 30  # in-memory limit for one feature set (float32)
 PROTOCOL_NAMES = ("em", "official")  # gmm.curves.PROTOCOLS maps each to its functions
 COVARIANCES = ("full", "diag")
+DEFAULT_COVARIANCE = {"em": "full", "official": "diag"}  # when FitGMMConfig.covariance is None
 REDUCERS = ("pca", "umap")
 
 
@@ -29,7 +30,7 @@ class FitGMMConfig:
     pca_variance: float = 0.90
     pca_dim: int | None = None  # fixed PCA dimension instead (official protocol: default official_dim)
     pca_dims: tuple[int, ...] | None = None  # also fit these dimensions (a sweep); the summary uses pca_dim
-    covariance: str | None = None  # "full" | "diag"; None: full for em, diag for official
+    covariance: str | None = None  # "full" | "diag"; None: DEFAULT_COVARIANCE of the protocol
     heldout: float = 0.2  # held-out fraction of the train store
     protocol: str = "em"  # "em": latentlab's EM GaussianMixture; "official": the MAETok release (Adam)
     reducer: str = "pca"  # "pca" | "umap" (umap only with the official protocol)
@@ -56,7 +57,7 @@ def check_config(cfg: FitGMMConfig) -> FitGMMConfig:
         raise LatentlabError(f"unknown reducer {cfg.reducer!r}; use one of {', '.join(REDUCERS)}")
     if cfg.reducer == "umap" and cfg.protocol != "official":
         raise LatentlabError("--reducer umap belongs to --protocol official; the em protocol reduces with PCA")
-    cov = cfg.covariance or ("diag" if cfg.protocol == "official" else "full")
+    cov = cfg.covariance or DEFAULT_COVARIANCE[cfg.protocol]
     if cov not in COVARIANCES:
         raise LatentlabError(f"unknown covariance type {cov!r}; use one of {', '.join(COVARIANCES)}")
     if cfg.protocol == "official" and cov != "diag":
@@ -82,6 +83,8 @@ def check_config(cfg: FitGMMConfig) -> FitGMMConfig:
 
 
 OPTIMIZERS = ("adamw", "sgd")
+SGD_LR_PER_256 = 0.1  # the probe's SGD learning rate per 256 rows of batch (MAE's linear-probe rule)
+ADAMW_LR = 1e-2  # the probe's AdamW learning rate
 
 
 @dataclass
@@ -94,7 +97,7 @@ class ProbeConfig:
 
     epochs: int = 4
     optimizer: str = "sgd"  # SGD with momentum 0.9; or "adamw"
-    lr: float | None = None  # None: 0.1 * batch_size / 256 for SGD, 1e-2 for AdamW
+    lr: float | None = None  # None: SGD_LR_PER_256 * batch_size / 256 for SGD, ADAMW_LR for AdamW
     weight_decay: float = 1e-4
     batch_size: int = 1024  # capped so that an epoch has at least min_steps_per_epoch steps
     min_steps_per_epoch: int = 16
@@ -117,6 +120,9 @@ class DiscriminabilityConfig:
     gmm_csv: str | None = None
     gmm_k: int | None = None
     max_memory_gb: float = DEFAULT_MAX_BYTES / 2**30  # per feature set; larger sets are streamed
+
+
+UMAP_MIN_POINTS = 4  # umap-learn's spectral initialisation fails below this
 
 
 @dataclass

@@ -28,7 +28,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from latentlab.analysis.config import OPTIMIZERS, POOLS, DiscriminabilityConfig, ProbeConfig
+from latentlab.analysis.config import (ADAMW_LR, OPTIMIZERS, POOLS, SGD_LR_PER_256, DiscriminabilityConfig,
+                                       ProbeConfig)
 from latentlab.analysis.stream import Rows, check_labels
 from latentlab.analysis.structure import cluster_scores, fisher_ratio, knn_accuracy, rankme
 from latentlab.data import stratified_split
@@ -62,10 +63,10 @@ def effective_batch_size(cfg: ProbeConfig, n: int) -> int:
 
 
 def default_lr(cfg: ProbeConfig, batch_size: int | None = None) -> float:
-    """The peak learning rate: cfg.lr, else 0.1 * batch_size / 256 (SGD) or 1e-2 (AdamW)."""
+    """The peak learning rate: cfg.lr, else SGD_LR_PER_256 * batch_size / 256 (SGD) or ADAMW_LR (AdamW)."""
     if cfg.lr is not None:
         return float(cfg.lr)
-    return 1e-2 if cfg.optimizer == "adamw" else 0.1 * (batch_size or cfg.batch_size) / 256
+    return ADAMW_LR if cfg.optimizer == "adamw" else SGD_LR_PER_256 * (batch_size or cfg.batch_size) / 256
 
 
 def lr_schedule(cfg: ProbeConfig, base: float, n: int) -> TrainConfig:

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from latentlab.analysis.pca import PCA
-from latentlab.analysis.config import POOLS, UmapConfig
+from latentlab.analysis.config import POOLS, UMAP_MIN_POINTS, UmapConfig
 from latentlab.analysis.stream import Rows, check_labels
 from latentlab.errors import LatentlabError
 from latentlab.extract import TokenizerLatents, check_finite
@@ -78,8 +78,8 @@ def run_umap(tokenizers: list[TokenizerLatents], out: str | os.PathLike, cfg: Um
     cfg = cfg or UmapConfig()
     if cfg.pool not in POOLS:
         raise LatentlabError(f"unknown pool {cfg.pool!r}; use one of {', '.join(POOLS)}")
-    if cfg.n < 4 or cfg.pca_dim < 0:
-        raise LatentlabError(f"need --n >= 4 and --pca-dim >= 0 (got {cfg.n}, {cfg.pca_dim})")
+    if cfg.n < UMAP_MIN_POINTS or cfg.pca_dim < 0:
+        raise LatentlabError(f"need --n >= {UMAP_MIN_POINTS} and --pca-dim >= 0 (got {cfg.n}, {cfg.pca_dim})")
     for t in tokenizers:  # before any work: labels, then NaN / inf
         check_labels(t.train, f"tokenizer {t.name!r} ({t.train.path})")
     check_finite(tokenizers)

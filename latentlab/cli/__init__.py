@@ -45,9 +45,10 @@ def cli() -> None:
     and gFID. Run `latentlab COMMAND --help` for each command.
     """
     os.environ.setdefault("PYTHONWARNINGS", "ignore::FutureWarning")
-    from latentlab.utils import init_distributed_from_env
+    if os.environ.get("WORLD_SIZE", "1") != "1":  # under torchrun every command sees its rank (this imports torch)
+        from latentlab.utils import init_distributed_from_env
 
-    init_distributed_from_env()  # under torchrun (WORLD_SIZE > 1) every command sees its rank
+        init_distributed_from_env()
 
 
 def main() -> None:

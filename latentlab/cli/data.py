@@ -6,6 +6,7 @@ import click
 
 from latentlab.cli import cli
 from latentlab.cli.common import emit, json_option
+from latentlab.datasets import DATASETS, SPLITS
 from latentlab.errors import LatentlabError
 
 
@@ -15,7 +16,7 @@ from latentlab.errors import LatentlabError
 @click.option("--labels", "labels_path", type=click.Path(), default=None, help="y.npy of int class labels (N,).")
 @click.option("--out", required=True, type=click.Path(), help="Store directory to write (replaced atomically).")
 @click.option("--name", default=None, help="Tokenizer label recorded in the store (default: the directory name).")
-@click.option("--split", type=click.Choice(["train", "test"]), default=None, help="Split recorded for --latents.")
+@click.option("--split", type=click.Choice(SPLITS), default=None, help="Split recorded for --latents.")
 @click.option("--planted", default=None, metavar="modes=M,dim=D,n=N,seed=S",
               help="Planted modes: a whitened mixture of M Gaussians (label = mode), train/ and test/ "
                    "(optional test=ROWS, sep=SPREAD).")
@@ -51,7 +52,5 @@ def import_latents_cmd(dataset, latents_path, labels_path, out, name, split, pla
 @json_option
 def datasets_cmd(as_json):
     """List the registered datasets."""
-    from latentlab.data import DATASETS
-
     summary = {name: (fn.__doc__ or "").strip().splitlines()[0] for name, fn in sorted(DATASETS.items())}
     emit(summary, as_json, lambda s: "\n".join(f"{k:12s} {v}" for k, v in s.items()))

@@ -5,23 +5,27 @@ from __future__ import annotations
 import click
 
 from latentlab.cli import cli
-from latentlab.cli.common import emit, json_option
-from latentlab.metrics.config import MetricsConfig
+from latentlab.cli.common import COUNT, GUIDANCE, NATURAL, emit, given, json_option
+from latentlab.datasets import SPLITS
+from latentlab.io import WEIGHTS
+from latentlab.metrics.config import EVAL_SPLIT, GFID_SAMPLES, GFID_SAMPLES_EMBEDDED, MetricsConfig
+from latentlab.sit.config import Sampler
+
+D = MetricsConfig()  # defaults shown in --help come from the dataclass
 
 extractor_option = click.option(
     "--extractor", default=None, metavar="NAME",
-    help="lenet (default; FD-lenet, offline), inception (FID; needs latentlab[fid]), inception:WEIGHTS, "
-         "dinov2[:vit-s-14|..], torchscript:PATH.")
-batch_option = click.option("--batch-size", type=int, default=None, help="Images per forward pass (default 250).")
-device_option = click.option("--device", default=None, help="cpu, cuda, cuda:N or auto.")
+    help=f"lenet (FD-lenet, offline), inception (FID; needs latentlab[fid]), inception:WEIGHTS, "
+         f"dinov2[:vit-s-14|..], torchscript:PATH [{D.extractor}].")
+batch_option = click.option("--batch-size", type=COUNT, default=None, help=f"Images per forward pass [{D.batch_size}].")
+device_option = click.option("--device", default=None, help=f"cpu, cuda, cuda:N or auto [{D.device}].")
+weights_option = click.option("--weights", type=click.Choice(WEIGHTS), default=None, help=f"Which weights of the run [{D.weights}].")
 
 
-def _config(**kw):
-    cfg = MetricsConfig()
-    for k, v in kw.items():
-        if v is not None:
-            setattr(cfg, k, v)
-    return cfg
+def _config(**kw) -> MetricsConfig:
+    from latentlab.config import merge
+
+    return merge(D, given(**kw), "metric options")
 
 
 def _extractor_line(e: dict) -> str:
@@ -57,7 +61,7 @@ def _fd_text(s: dict) -> str:
               help="A folder of PNG/JPEG images or an images.npz (uint8 N x H x W x C under 'images').")
 @extractor_option
 @click.option("--lenet-dataset", default=None, help="Dataset the lenet is trained on when --real is not a dataset.")
-@click.option("--real-limit", type=int, default=None, help="Use a fixed random subset of N real images.")
+@click.option("--real-limit", type=COUNT, default=None, help="Use a fixed random subset of N real images [all].")
 @batch_option
 @device_option
 @click.option("--out", type=click.Path(), default=None, help="Also write fid.csv, fid.json and samples.png here.")
@@ -84,12 +88,12 @@ def fid_cmd(real, fake, extractor, lenet_dataset, real_limit, batch_size, device
 @click.option("--tokenizer", "run", required=True, metavar="RUN_OR_SPEC",
               help="A tokenizer run directory, diffusers:PATH or python:MODULE:CALLABLE[:ARG=VALUE,...] (with decode).")
 @extractor_option
-@click.option("--dataset", default=None, help="Dataset to evaluate on (default: the one the run was trained on).")
-@click.option("--split", type=click.Choice(["train", "test"]), default="test", show_default=True)
-@click.option("--weights", type=click.Choice(["ema", "model"]), default=None)
+@click.option("--dataset", default=None, help="Dataset to evaluate on [the one the run was trained on].")
+@click.option("--split", type=click.Choice(SPLITS), default=None, help=f"Split to reconstruct [{EVAL_SPLIT}].")
+@weights_option
 @batch_option
 @device_option
-@click.option("--out", type=click.Path(), default=None, help="Output directory (default RUN/eval).")
+@click.option("--out", type=click.Path(), default=None, help="Output directory [RUN/eval].")
 @json_option
 def eval_tokenizer_cmd(run, extractor, dataset, split, weights, batch_size, device, out, as_json):
     """PSNR, SSIM and rFID of a tokenizer's reconstructions of the held-out split.
@@ -102,7 +106,7 @@ def eval_tokenizer_cmd(run, extractor, dataset, split, weights, batch_size, devi
     from latentlab.metrics.evaluate import eval_tokenizer
 
     cfg = _config(extractor=extractor, weights=weights, batch_size=batch_size, device=device)
-    s = eval_tokenizer(run, cfg, out, dataset=dataset, split=split)
+    s = eval_tokenizer(run, cfg, out, dataset=dataset, **given(split=split))
     emit(s, as_json, lambda s: f"{s['tokenizer']} on {s['dataset']}:{s['split']} ({s['n']} images): "
                                f"PSNR {s['psnr']:.2f} dB, SSIM {s['ssim']:.4f}\n{_fd_text(s)}\n"
                                f"wrote {s['files']['csv']} and {s['files']['figure']}")
@@ -110,16 +114,17 @@ def eval_tokenizer_cmd(run, extractor, dataset, split, weights, batch_size, devi
 
 @cli.command("eval-sit")
 @click.option("--sit", "run", required=True, type=click.Path(), help="A SiT run directory (from train-sit).")
-@click.option("--n", type=int, default=None, help="Samples (default 10,000 on embedded data, 50,000 otherwise).")
+@click.option("--n", type=COUNT, default=None,
+              help=f"Samples [{GFID_SAMPLES_EMBEDDED:,} on the embedded datasets, {GFID_SAMPLES:,} otherwise].")
 @extractor_option
-@click.option("--cfg", "cfg_scale", type=float, default=None, help="Classifier-free guidance scale (1 = none).")
-@click.option("--steps", type=int, default=None, help="Integration steps (default 50).")
-@click.option("--sampler", type=click.Choice(["heun", "euler", "sde"]), default=None)
-@click.option("--seed", type=int, default=None)
-@click.option("--weights", type=click.Choice(["ema", "model"]), default=None)
+@click.option("--cfg", "cfg_scale", type=GUIDANCE, default=None, help=f"Classifier-free guidance scale, 1 = none [{D.cfg}].")
+@click.option("--steps", type=COUNT, default=None, help=f"Integration steps [{D.steps}].")
+@click.option("--sampler", type=click.Choice([m.value for m in Sampler]), default=None, help=f"Integrator [{D.sampler}].")
+@click.option("--seed", type=NATURAL, default=None, help=f"Seed of the samples [{D.seed}].")
+@weights_option
 @batch_option
 @device_option
-@click.option("--out", type=click.Path(), default=None, help="Output directory (default RUN/eval).")
+@click.option("--out", type=click.Path(), default=None, help="Output directory [RUN/eval].")
 @json_option
 def eval_sit_cmd(run, n, extractor, cfg_scale, steps, sampler, seed, weights, batch_size, device, out, as_json):
     """gFID of a SiT run: sample N images, decode them, FD against the train split's statistics.

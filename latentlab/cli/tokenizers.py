@@ -5,25 +5,35 @@ from __future__ import annotations
 import click
 
 from latentlab.cli import cli
-from latentlab.cli.common import emit, json_option
+from latentlab.cli.common import COUNT, LEARNING_RATE, NATURAL, emit, given, json_option
+from latentlab.config import ExtractConfig
+from latentlab.datasets import SPLITS
+from latentlab.io import WEIGHTS
+from latentlab.tokenizers.config import ARCHS, SIZES, STAGES, TRAIN_DEFAULTS, TokenizerConfig, TokenizerRunConfig
+
+R, M, X = TokenizerRunConfig(), TokenizerConfig(), ExtractConfig()  # defaults shown in --help come from the dataclasses
 
 
 @cli.command("train-tokenizer")
 @click.option("--config", "config_path", type=click.Path(), default=None,
               help="YAML/JSON with TokenizerRunConfig keys (model: and train: sub-maps); unknown keys are errors.")
-@click.option("--arch", default=None, help="Tokenizer kind: ae, vae, vavae, maetok.")
-@click.option("--size", default=None, help="Size preset: tiny, small, S, B.")
-@click.option("--dataset", default=None, help="Dataset spec (mnist5k, digits, shapes, cifar10:PATH, imagefolder:PATH).")
-@click.option("--image-size", type=int, default=None, help="Resize images to this size (default: the dataset's).")
-@click.option("--stage", type=click.Choice(["full", "decoder-finetune"]), default=None,
-              help="decoder-finetune: freeze the encoder of --init, masking off, train the pixel decoder.")
+@click.option("--arch", type=click.Choice(ARCHS), default=None, help=f"Tokenizer kind [{R.arch}].")
+@click.option("--size", type=click.Choice(list(SIZES)), default=None, help=f"Size preset [{R.size}].")
+@click.option("--dataset", default=None,
+              help=f"Dataset spec (mnist5k, digits, shapes, cifar10:PATH, imagefolder:PATH) [{R.dataset}].")
+@click.option("--image-size", type=COUNT, default=None, help="Resize images to this size [the dataset's].")
+@click.option("--stage", type=click.Choice(STAGES), default=None,
+              help=f"decoder-finetune: freeze the encoder of --init, masking off, train the pixel decoder [{R.stage}].")
 @click.option("--init", default=None, help="Tokenizer run to start the decoder fine-tune from.")
-@click.option("--teacher", default=None, help="vavae alignment target: hog (default), pixels, dinov2:PATH, torchscript:PATH.")
-@click.option("--steps", type=int, default=None, help="Training steps.")
-@click.option("--batch-size", type=int, default=None, help="Global batch size (split over torchrun ranks).")
-@click.option("--lr", type=float, default=None, help="Peak learning rate.")
-@click.option("--seed", type=int, default=None, help="Seed for initialisation, data order and noise.")
-@click.option("--device", default=None, help="cpu, cuda, cuda:N or auto.")
+@click.option("--teacher", default=None,
+              help=f"vavae alignment target: hog, pixels, dinov2:PATH, torchscript:PATH [{M.teacher}].")
+@click.option("--steps", type=COUNT, default=None, help=f"Training steps [{TRAIN_DEFAULTS.steps}].")
+@click.option("--batch-size", type=COUNT, default=None,
+              help=f"Global batch size, split over torchrun ranks [{TRAIN_DEFAULTS.batch_size}].")
+@click.option("--lr", type=LEARNING_RATE, default=None, help=f"Peak learning rate [{TRAIN_DEFAULTS.lr:g}].")
+@click.option("--seed", type=NATURAL, default=None,
+              help=f"Seed for initialisation, data order and noise [{TRAIN_DEFAULTS.seed}].")
+@click.option("--device", default=None, help=f"cpu, cuda, cuda:N or auto [{TRAIN_DEFAULTS.device}].")
 @click.option("--out", required=True, type=click.Path(), help="Run directory to write.")
 @click.option("--resume", is_flag=True, help="Continue the run in --out from its last checkpoint.")
 @json_option
@@ -37,21 +47,17 @@ def train_tokenizer_cmd(config_path, arch, size, dataset, image_size, stage, ini
     latentlab train-tokenizer --config tok.yaml --out RUN
     torchrun --nproc-per-node 2 $(which latentlab) train-tokenizer ...
     """
-    from latentlab.config import from_dict, load_mapping
-    from latentlab.tokenizers.training import TokenizerRunConfig, train_tokenizer
+    from latentlab.config import from_dict, load_mapping, merge
+    from latentlab.tokenizers.training import train_tokenizer
     from latentlab.utils import init_distributed_from_env
 
-    data = load_mapping(config_path) if config_path else {}
-    cfg = from_dict(TokenizerRunConfig, data, f"config {config_path}" if config_path else "config")
-    top = {"arch": arch, "size": size, "dataset": dataset, "image_size": image_size, "stage": stage, "init": init}
-    for k, v in top.items():
-        if v is not None:
-            setattr(cfg, k, v)
+    where = f"config {config_path}" if config_path else "config"
+    cfg = from_dict(TokenizerRunConfig, load_mapping(config_path) if config_path else {}, where)
+    over = given(arch=arch, size=size, dataset=dataset, image_size=image_size, stage=stage, init=init)
     if teacher is not None:
-        cfg.model = {**cfg.model, "teacher": teacher}
-    train_over = {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "device": device}
-    cfg.train = {**cfg.train, **{k: v for k, v in train_over.items() if v is not None}}
-    cfg = from_dict(TokenizerRunConfig, {**cfg.__dict__}, "config")
+        over["model"] = {"teacher": teacher}
+    over["train"] = given(steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device)
+    cfg = merge(cfg, over, "train-tokenizer options")
     init_distributed_from_env()
     summary = train_tokenizer(cfg, out, resume=resume)
     emit(summary, as_json, lambda s: (
@@ -62,12 +68,12 @@ def train_tokenizer_cmd(config_path, arch, size, dataset, image_size, stage, ini
 @cli.command("extract")
 @click.option("--tokenizer", required=True,
               help="Tokenizer run directory, diffusers:PATH_OR_NAME or python:MODULE:CALLABLE[:ARG=VALUE,...].")
-@click.option("--dataset", default=None, help="Dataset spec (default: the one the tokenizer was trained on).")
-@click.option("--split", type=click.Choice(["train", "test"]), default="train", show_default=True, help="Dataset split.")
+@click.option("--dataset", default=None, help="Dataset spec [the one the tokenizer was trained on].")
+@click.option("--split", type=click.Choice(SPLITS), default=None, help=f"Dataset split [{X.split}].")
 @click.option("--out", required=True, type=click.Path(), help="LatentStore directory to write (replaced atomically).")
-@click.option("--batch-size", type=int, default=256, show_default=True, help="Images per encoder batch.")
-@click.option("--weights", type=click.Choice(["ema", "model"]), default="ema", show_default=True, help="Which weights of a run.")
-@click.option("--device", default="auto", show_default=True, help="cpu, cuda, cuda:N or auto.")
+@click.option("--batch-size", type=COUNT, default=None, help=f"Images per encoder batch [{X.batch_size}].")
+@click.option("--weights", type=click.Choice(WEIGHTS), default=None, help=f"Which weights of a run [{X.weights}].")
+@click.option("--device", default=None, help=f"cpu, cuda, cuda:N or auto [{X.device}].")
 @json_option
 def extract_cmd(tokenizer, dataset, split, out, batch_size, weights, device, as_json):
     """Encode a dataset split with a tokenizer (posterior mode) into a LatentStore.
@@ -80,7 +86,7 @@ def extract_cmd(tokenizer, dataset, split, out, batch_size, weights, device, as_
     from latentlab.utils import init_distributed_from_env
 
     init_distributed_from_env()
-    store = extract(tokenizer, dataset, split, out, batch_size=batch_size, weights=weights, device=device)
+    store = extract(tokenizer, dataset, out=out, **given(split=split, batch_size=batch_size, weights=weights, device=device))
     m = store.manifest
     summary = {"out": str(store.path), "count": m["count"], "sample_shape": m["sample_shape"], "layout": m["layout"],
                "checkpoint_hash": m["checkpoint_hash"], "dataset": m["dataset"], "split": m["split"],

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from latentlab.sit.config import Sampler, parse_enum
+
 EMBEDDED_DATASETS = ("mnist5k", "digits", "shapes")
+GFID_SAMPLES_EMBEDDED = 10_000  # gFID samples on the embedded datasets
+GFID_SAMPLES = 50_000           # everywhere else (the ImageNet convention)
+EVAL_SPLIT = "test"             # the split eval-tokenizer reconstructs
 
 
 @dataclass
@@ -17,7 +22,7 @@ class MetricsConfig:
     is_splits: int = 10
     real_limit: int | None = None       # a fixed random subset of N real images (None: the whole split)
     lenet_dataset: str | None = None    # data the lenet is trained on when --real is not a dataset
-    n: int | None = None                # gFID samples: None = 10,000 (embedded data) or 50,000
+    n: int | None = None                # gFID samples; None: default_n_samples(dataset)
     cfg: float = 1.0                    # gFID sampling: guidance scale, steps, sampler, seed, weights
     steps: int = 50
     sampler: str = "heun"
@@ -27,3 +32,19 @@ class MetricsConfig:
     grid: int = 16                      # eval-tokenizer: originals shown in the grid
     kid_subsets: int = 100              # KID: random subset pairs (torch-fidelity's default) ...
     kid_subset_size: int = 1000         # ... of this many rows each (lowered to the smaller set)
+
+    def __post_init__(self):
+        for name in ("batch_size", "is_splits", "steps", "chunk", "grid"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("n", "real_limit"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1 (or null for the default), got {getattr(self, name)}")
+        if self.cfg < 0 or self.seed < 0:
+            raise ValueError(f"cfg and seed must be >= 0, got {self.cfg} and {self.seed}")
+        parse_enum(Sampler, self.sampler, "sampler")
+
+
+def default_n_samples(dataset: str) -> int:
+    """The number of gFID samples when MetricsConfig.n is None: fewer on the small embedded datasets."""
+    return GFID_SAMPLES_EMBEDDED if dataset.partition(":")[0] in EMBEDDED_DATASETS else GFID_SAMPLES

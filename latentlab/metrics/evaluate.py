@@ -29,7 +29,7 @@ from latentlab.extract import open_tokenizer
 from latentlab.io import save_csv, save_json
 from latentlab.latents import count_nonfinite_rows
 from latentlab.metrics.accuracy import conditional_accuracy
-from latentlab.metrics.config import EMBEDDED_DATASETS, MetricsConfig
+from latentlab.metrics.config import EVAL_SPLIT, MetricsConfig, default_n_samples
 from latentlab.metrics.extractors import FeatureExtractor, get_extractor
 from latentlab.metrics.fid import fd_between, inception_score
 from latentlab.metrics.images import ImageSet, open_images
@@ -202,7 +202,7 @@ def _default_out(run: str | Path, out: str | Path | None) -> Path:
 
 
 def eval_tokenizer(run: str | Path, cfg: MetricsConfig | None = None, out: str | Path | None = None,
-                   dataset: str | None = None, split: str = "test") -> dict:
+                   dataset: str | None = None, split: str = EVAL_SPLIT) -> dict:
     """PSNR, SSIM and rFID (FD between reconstructions and originals) of a tokenizer on the held-out split.
 
     Writes OUT/recon.csv (one row), OUT/recon_images.csv (per image) and OUT/recon_grid.png
@@ -262,11 +262,6 @@ def eval_tokenizer(run: str | Path, cfg: MetricsConfig | None = None, out: str |
 
 # ---------------------------------------------------------------- SiT: gFID
 
-def default_n_samples(dataset: str) -> int:
-    """10,000 samples for the embedded datasets, 50,000 (the ImageNet convention) for everything else."""
-    return 10_000 if dataset.partition(":")[0] in EMBEDDED_DATASETS else 50_000
-
-
 def _sit_batches(model, rc: dict, decoder, labels: np.ndarray, cfg: MetricsConfig, device, keep: list
                  ) -> Iterable[torch.Tensor]:
     """Sample and decode chunk by chunk; chunk c uses seed + 1,000,003 c (chunk 0 = `latentlab sample --seed`)."""
@@ -300,7 +295,7 @@ def eval_sit(run: str | Path, cfg: MetricsConfig | None = None, out: str | Path 
     decoder, source = decoder_for(prov, device)
     if decoder is None:
         raise LatentlabError(f"cannot decode samples of {run}: {source}; gFID needs images")
-    n = cfg.n or default_n_samples(dataset)
+    n = cfg.n if cfg.n is not None else default_n_samples(dataset)
     labels = balanced_labels(n, model.cfg.num_classes)
     ext = _extractor_for(cfg, dataset)
     shown: list = []

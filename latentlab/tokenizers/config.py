@@ -101,8 +101,8 @@ SIZES: dict[str, dict] = {
 
 
 # Tokenizer training defaults (override any TrainConfig field under `train:` or on the command line).
-TRAIN_DEFAULTS = dict(steps=1000, batch_size=32, lr=2e-3, weight_decay=0.0, warmup_steps=100, min_lr_ratio=0.05,
-                      ema_decay=0.995, log_every=50, eval_every=250, ckpt_every=500)
+TRAIN_DEFAULTS = TrainConfig(steps=1000, batch_size=32, lr=2e-3, weight_decay=0.0, warmup_steps=100, min_lr_ratio=0.05,
+                             ema_decay=0.995, log_every=50, eval_every=250, ckpt_every=500)
 
 
 @dataclass
