@@ -111,7 +111,7 @@ def test_bad_inputs_exit_2_and_write_nothing(stores, tmp_path):
     msg = _one_error_line(*run_cli(*base[:2], str(tmp_path / "missing"), *base[3:]), out)
     assert "missing" in msg
     msg = _one_error_line(*run_cli(*base, "--pca-variance", "0"), out)
-    assert "(0, 1]" in msg
+    assert "'--pca-variance'" in msg and "0<x<=1" in msg  # the flag and its valid range
     _one_error_line(*run_cli(*base, "--pca-variance", "1.5"), out)
     msg = _one_error_line(*run_cli(*base, "--covariance", "spherical"), out)
     assert "spherical" in msg and "full" in msg
