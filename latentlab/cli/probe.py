@@ -12,7 +12,16 @@ from latentlab.cli.common import COUNT, LEARNING_RATE, NATURAL, Int, emit, given
 P, D, U = ProbeConfig(), DiscriminabilityConfig(), UmapConfig()  # defaults shown in --help come from the dataclasses
 
 
-@cli.command("probe")
+@cli.command("probe", help=f"""Linear probe (MAE protocol) and structure metrics of each tokenizer's latents.
+
+    Trains BatchNorm1d(affine=False) + Linear on frozen train latents, evaluates on the test
+    store (or a stratified {D.holdout_fraction:.0%} holdout, seeded), and measures DINO weighted kNN accuracy
+    (k={D.knn_k}, T={D.knn_temperature}), silhouette / Calinski-Harabasz / Davies-Bouldin, the Fisher ratio
+    tr(S_B)/tr(S_W) and RankMe effective rank. Writes OUT/probe.csv and OUT/probe.png.
+
+    \b
+    latentlab probe --tokenizer ae=workspace/stores/ae --tokenizer maetok=RUN --out out/probe
+    """)
 @tokenizer_option
 @click.option("--out", required=True, type=click.Path(), help="Directory for probe.csv and probe.png.")
 @click.option("--pool", type=click.Choice(POOLS), default=None,
@@ -32,16 +41,7 @@ P, D, U = ProbeConfig(), DiscriminabilityConfig(), UmapConfig()  # defaults show
               help="Images to encode when --tokenizer is a tokenizer run, diffusers: or python: spec (default: the run's own).")
 @json_option
 def probe_cmd(tokenizers, out, pool, epochs, optimizer, lr, batch_size, device, seed, gmm_csv, gmm_k, dataset, as_json):
-    """Linear probe (MAE protocol) and structure metrics of each tokenizer's latents.
-
-    Trains BatchNorm1d(affine=False) + Linear on frozen train latents, evaluates on the test
-    store (or a stratified 20% holdout, seeded), and measures DINO weighted kNN accuracy
-    (k=20, T=0.07), silhouette / Calinski-Harabasz / Davies-Bouldin, the Fisher ratio
-    tr(S_B)/tr(S_W) and RankMe effective rank. Writes OUT/probe.csv and OUT/probe.png.
-
-    \b
-    latentlab probe --tokenizer ae=workspace/stores/ae --tokenizer maetok=RUN --out out/probe
-    """
+    """Linear probe (MAE protocol) and structure metrics of each tokenizer's latents."""
     from latentlab.analysis.probe import run_probe, summary_text
     from latentlab.config import merge
     from latentlab.extract import resolve_tokenizers
