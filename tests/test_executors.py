@@ -89,7 +89,7 @@ def test_gpu_slots_threads_and_torchrun_commands(tmp_path):
 
 
 def test_submitit_local_executor_runs_the_same_graph(tmp_path):
-    pytest.importorskip("submitit")  # the `slurm` extra; installed with the `test` extra
+    import submitit  # noqa: F401  (the `slurm` extra; installed with the `test` extra)
     root = tmp_path / "work"
     root.mkdir()
     launcher = SubmititLauncher(tmp_path / "_submitit", SlurmOptions(timeout_min=5), cluster="local", max_jobs=2,
