@@ -7,7 +7,7 @@ import time
 import pytest
 
 from latentlab.errors import LatentlabError
-from latentlab.study.executors import (Job, LocalLauncher, SlurmOptions, SubmititLauncher, run_graph, stage_command)
+from latentlab.study.executors import (Job, LocalLauncher, ExecutorConfig, SubmititLauncher, run_graph, stage_command)
 
 # a job: check that its dependencies finished, record when it ran and with which environment, write its marker
 STEP = """
@@ -82,17 +82,21 @@ def test_gpu_slots_threads_and_torchrun_commands(tmp_path):
     with pytest.raises(LatentlabError, match="no GPU"):
         LocalLauncher(1, tmp_path, gpus_per_job=2, gpus=[])
     assert LocalLauncher(2, tmp_path, gpus=[]).threads >= 1
-    p = SlurmOptions(partition="gpu", gpus_per_node=8, nodes=2, timeout_min=60, additional_parameters={"mail-type": "END"})
+    p = ExecutorConfig(partition="gpu", gpus_per_node=8, nodes=2, timeout_min=60, additional_parameters={"mail-type": "END"})
     assert p.parameters(True) == {"timeout_min": 60, "gpus_per_node": 8, "nodes": 2, "tasks_per_node": 1,
                                   "slurm_partition": "gpu", "slurm_additional_parameters": {"mail-type": "END"}}
     assert p.parameters(False)["gpus_per_node"] == 1 and p.parameters(False)["nodes"] == 1
+    for bad, msg in [({"kind": "ray"}, "unknown executor"), ({"jobs": 0}, "jobs must be >= 1"),
+                     ({"retries": -1}, "retries")]:
+        with pytest.raises(LatentlabError, match=msg):
+            ExecutorConfig(**bad)
 
 
 def test_submitit_local_executor_runs_the_same_graph(tmp_path):
     import submitit  # noqa: F401  (the `slurm` extra; installed with the `test` extra)
     root = tmp_path / "work"
     root.mkdir()
-    launcher = SubmititLauncher(tmp_path / "_submitit", SlurmOptions(timeout_min=5), cluster="local", max_jobs=2,
+    launcher = SubmititLauncher(tmp_path / "_submitit", ExecutorConfig(timeout_min=5), cluster="local", max_jobs=2,
                                 threads_per_job=1)
     t0 = time.time()
     res = run_graph(_jobs(root, fail={"e": "always"}), launcher, _done(root), poll=0.1)

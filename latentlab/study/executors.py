@@ -164,13 +164,22 @@ def stage_job(command: list[str], nproc: int = 1, nnodes: int = 1, env: dict | N
     return rc
 
 
-@dataclass
-class SlurmOptions:
-    """Job resources: the study config's `executor:` section, overridden by the command line."""
+EXECUTORS = ("local", "submitit")
 
-    partition: str | None = None
-    gpus_per_node: int = 0
-    nodes: int = 1
+
+@dataclass
+class ExecutorConfig:
+    """How `latentlab run` runs its stages: the study config's `executor:` section, overridden by the command line."""
+
+    kind: str = "local"                # local (--jobs N processes) | submitit (Slurm, or its local executor)
+    jobs: int = 1                      # stages at once (local); at most this many queued jobs (submitit)
+    gpus_per_job: int = 1              # GPUs of a local job slot; a training stage with more runs under torchrun
+    threads_per_job: int | None = None  # CPU threads of each job (default: the machine's, divided by jobs)
+    retries: int = 0                   # restarts of a failed stage in one run (it resumes from its checkpoint)
+    cluster: str | None = None         # submitit: slurm | local | None (Slurm when sbatch exists)
+    partition: str | None = None       # Slurm, for every job
+    gpus_per_node: int = 0             # Slurm: GPUs of a training stage's node (other stages get at most one)
+    nodes: int = 1                     # Slurm: nodes of a training stage
     timeout_min: int = 24 * 60
     cpus_per_task: int | None = None
     mem_gb: float | None = None
@@ -180,6 +189,15 @@ class SlurmOptions:
     exclude: str | None = None
     additional_parameters: dict = field(default_factory=dict)   # any other sbatch option, e.g. {mail-type: END}
     setup: list = field(default_factory=list)                   # shell lines run before each job (module load ...)
+
+    def __post_init__(self):
+        if self.kind not in EXECUTORS:
+            raise LatentlabError(f"unknown executor {self.kind!r}; use {' or '.join(EXECUTORS)}")
+        for name in ("jobs", "gpus_per_job", "nodes", "timeout_min"):
+            if int(getattr(self, name)) < 1:
+                raise LatentlabError(f"executor.{name} must be >= 1")
+        if self.retries < 0 or self.gpus_per_node < 0 or (self.threads_per_job is not None and self.threads_per_job < 1):
+            raise LatentlabError("executor.retries and gpus_per_node must be >= 0, threads_per_job >= 1")
 
     def parameters(self, distributed: bool) -> dict:
         """submitit AutoExecutor parameters for one job (a distributed stage gets every GPU and node)."""
@@ -203,7 +221,7 @@ class SlurmOptions:
 class SubmititLauncher:
     """Each job a submitit job: on Slurm when `sbatch` exists (or cluster="slurm"), else submitit's local executor."""
 
-    def __init__(self, folder: Path, options: SlurmOptions, cluster: str | None = None, max_jobs: int = 256,
+    def __init__(self, folder: Path, options: ExecutorConfig, cluster: str | None = None, max_jobs: int = 256,
                  threads_per_job: int | None = None):
         try:
             import submitit
