@@ -31,6 +31,8 @@ MARKER = ".latentlab"
 
 
 def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill would terminate the process there: never judge, keep the temporary
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -106,8 +108,13 @@ def _check_parent(shown: Path, path: Path, parents: bool) -> None:
             raise os_error(e, shown) from None
     elif not parent.is_dir():
         raise LatentlabError(f"{parent} is a file, not a folder; choose another --out than {shown}")
+    _probe(path, shown)
+
+
+def _probe(path: Path, shown: Path) -> None:
+    """Make and remove a temporary folder beside `path`: the only sure test of writability."""
     probe = tmp_name(path)
-    try:  # the only sure test of writability (permissions, read-only or virtual file systems)
+    try:
         probe.mkdir()
         probe.rmdir()
     except OSError as e:
@@ -186,6 +193,7 @@ def claim_dir(path: str | os.PathLike, kind: str, parents: bool = False) -> bool
         path.mkdir(exist_ok=True)
     except OSError as e:
         raise os_error(e, Path(shown)) from None
+    _probe(path / MARKER, Path(shown))  # it grows in place: we must be able to write inside it
     remove_stale_temps(path)
     if not (path / MARKER).is_file():
         write_marker(path, kind)
