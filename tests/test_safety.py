@@ -84,11 +84,13 @@ def _bad_outs(w: Path, tmp: Path, cmd: str) -> list[tuple[str, Path, str]]:
     (tmp / "mine").mkdir()
     (tmp / "mine" / "notes.txt").write_text("my notes")
     (tmp / "file.txt").write_text("my file")
+    (tmp / "broken").symlink_to(tmp / "nowhere")
     other = w / ("sit" if cmd == "sample" else "samples")  # a latentlab output of another kind
     cases = [("foreign folder", tmp / "mine", "did not write"), ("regular file", tmp / "file.txt", "is a file"),
              ("file as parent", tmp / "file.txt" / "sub", "is a file"),
              ("missing parent", tmp / "no" / "such" / "out", "does not exist"),
-             ("other kind", other, "holds a latentlab")]
+             ("other kind", other, "holds a latentlab"), ("broken link", tmp / "broken", "broken symbolic link"),
+             ("the current folder", Path("."), "did not write"), ("the root folder", Path("/"), "root folder")]
     if Path("/proc/self").is_dir():
         cases.append(("virtual file system", Path("/proc/x"), "cannot write"))
     return cases
@@ -101,7 +103,7 @@ def test_bad_output_locations_are_refused_and_nothing_changes(w, tmp_path, cmd):
         before = {p: _tree(p) for p in (tmp_path, w)}
         _one_line_error(*run_cli(*args, "--out", str(out)), words)
         assert {p: _tree(p) for p in (tmp_path, w)} == before, case
-        assert not (tmp_path / "no").exists()
+        assert not (tmp_path / "no").exists() and not (tmp_path / "nowhere").exists()
 
 
 @pytest.mark.parametrize("cmd", ["import-latents", "import-latents --dataset", "sample", "probe"])

@@ -55,8 +55,8 @@ def run_study(config: str | os.PathLike | dict, out: str | os.PathLike) -> dict:
                              "(train-tokenizer, extract, train-sit) and give the study their runs/stores")
     cfg, entries = load_study_config(config)
     sections = section_configs(cfg)
-    out = Path(out).resolve()
     claim_dir(out, STUDY_KIND)  # absent, empty or a study: never someone else's folder
+    out = Path(out).resolve()
     save_json({**asdict(cfg), "version": STUDY_VERSION}, out / "study.json")
     log = StageLog()
     t0 = time.perf_counter()
