@@ -3,10 +3,11 @@
     python analyses/fig2_gmm_vs_sit.py --scale cpu --out fig2-cpu
     python analyses/fig2_gmm_vs_sit.py --scale imagenet --data imagefolder:/data/imagenet --out fig2-in1k
 
-Runs (or reuses) the study stages, then writes OUT/fig2.png and OUT/fig2.csv.
+Runs (or reuses) the study stages, then writes OUT/fig2.png (95% bands across seeds) and OUT/fig2.csv.
 """
 
 import argparse
+import re
 
 import pandas as pd
 
@@ -27,9 +28,12 @@ base = base_config(args.scale, args.data)
 cfg = with_tokenizers(base, {k: base["tokenizers"][k] for k in KINDS}, args.steps)
 res = run_study(cfg, args.out)
 gmm = pd.read_csv(f"{args.out}/tables/gmm.csv")
-curves = pd.read_csv(f"{args.out}/tables/sit_curves.csv")
+bands = pd.read_csv(f"{args.out}/tables/sit_curve_bands.csv")
 summary = pd.read_csv(res["summary"])
-cols = ["tokenizer", "pca_dim"] + [c for c in summary.columns if c.startswith("gmm_nll_k")] + ["sit_loss"]
+cols = (["tokenizer", "pca_dim"] + [c for c in summary.columns if re.fullmatch(r"gmm_nll_k\d+(_lo|_hi)?", c)]
+        + ["sit_loss", "sit_loss_lo", "sit_loss_hi"])
 summary[cols].to_csv(f"{args.out}/fig2.csv", index=False)
 print(summary[cols].to_string(index=False))
-print("wrote", plot_gmm_and_sit(gmm, curves, f"{args.out}/fig2.png", KINDS))
+components = sorted(set(gmm.n_components.astype(int)))
+print("wrote", plot_gmm_and_sit(summary, bands, components, sorted(set(gmm.pca_dim.astype(int))),
+                                f"{args.out}/fig2.png", KINDS))

@@ -2,8 +2,9 @@
 
     python analyses/mask_ratio.py --scale cpu --out mask-cpu --ratios 0.25,0.5,0.75
 
-Each ratio r trains MAETok with a fixed ratio (mask_min = mask_max = r; the default study draws r in
-[0.4, 0.6] per batch). Writes OUT/mask_ratio.csv and OUT/mask_ratio.png.
+Each ratio r trains MAETok with a fixed ratio (a `sweep` over model.mask_ratio: variants maetok@mask_ratio=r;
+the default study draws r in [0.4, 0.6] per batch). Writes OUT/mask_ratio.csv and OUT/mask_ratio.png
+(95% error bars).
 """
 
 import argparse
@@ -25,14 +26,14 @@ args = p.parse_args()
 base = base_config(args.scale, args.data)
 maetok = base["tokenizers"]["maetok"]
 ratios = [float(r) for r in args.ratios.split(",")]
-grid = {f"mask-{r:.2f}": {**maetok, "model": {**maetok.get("model", {}), "mask_min": r, "mask_max": r}}
-        for r in ratios}
+grid = {"maetok": {**maetok, "sweep": {"model.mask_ratio": ratios}}}
 res = run_study(with_tokenizers(base, grid, args.steps), args.out)
 summary = pd.read_csv(res["summary"])
 summary.insert(1, "mask_ratio", ratios)
-cols = ["tokenizer", "mask_ratio"] + [c for c in summary.columns if c.startswith(("rfd", "rfid", "gfd", "gfid"))] + [
-    "psnr", "lp_top1", "sit_loss"]
+names = [c for c in summary.columns if c.startswith(("rfd", "rfid", "gfd", "gfid")) and not c.endswith(("_lo", "_hi"))]
+names += ["psnr", "lp_top1", "sit_loss"]
+cols = ["tokenizer", "mask_ratio"] + [c for n in names for c in (n, f"{n}_lo", f"{n}_hi") if c in summary]
 summary[cols].to_csv(f"{args.out}/mask_ratio.csv", index=False)
 print(summary[cols].to_string(index=False))
-metrics = [c for c in cols[2:] if c in summary]
+metrics = [n for n in names if n in summary]
 print("wrote", plot_metrics_vs_target(summary, metrics, "mask_ratio", f"{args.out}/mask_ratio.png"))

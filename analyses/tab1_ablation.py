@@ -4,11 +4,12 @@
     python analyses/tab1_ablation.py --scale imagenet --data imagefolder:/data/imagenet --out tab1-in1k
 
 Each row is a MAETok variant trained, decoder-fine-tuned, probed and generated from like every other
-tokenizer of a study; the table reports rFD/rFID, gFD/gFID and linear-probe top-1 (OUT/tab1.csv).
+tokenizer of a study; the table reports rFD/rFID, gFD/gFID and linear-probe top-1, each with its 95% interval (OUT/tab1.csv).
 Offline, the auxiliary targets are HOG and pixels; with a teacher installed add e.g. "dinov2:/path".
 """
 
 import argparse
+import re
 
 import pandas as pd
 
@@ -42,8 +43,9 @@ grid = {
 }
 res = run_study(with_tokenizers(base, grid, args.steps), args.out)
 summary = pd.read_csv(res["summary"])
-cols = ["tokenizer"] + [c for c in summary.columns if c.startswith(("rfd", "rfid", "gfd", "gfid"))] + ["lp_top1"]
-nll = [c for c in summary.columns if c.startswith("gmm_nll_k")]
-table = summary[cols + nll[-1:]]  # the held-out NLL at the largest K as well
+cols = (["tokenizer", "interval"] + [c for c in summary.columns if c.startswith(("rfd", "rfid", "gfd", "gfid"))]
+        + ["lp_top1", "lp_top1_lo", "lp_top1_hi"])
+nll = [c for c in summary.columns if re.fullmatch(r"gmm_nll_k\d+", c)][-1]
+table = summary[cols + [nll, f"{nll}_lo", f"{nll}_hi"]]  # the held-out NLL at the largest K as well
 table.to_csv(f"{args.out}/tab1.csv", index=False)
 print(table.to_string(index=False))

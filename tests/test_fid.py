@@ -217,3 +217,18 @@ def test_real_limit_is_a_fixed_spread_subset():
     imgs = from_array(np.arange(50, dtype=np.uint8).reshape(50, 1, 1, 1).repeat(4, 1).repeat(4, 2))
     got = torch.cat(list(imgs.batches(7, limit=20)))[:, 0, 0, 0]
     assert torch.equal(got, (torch.from_numpy(limit_indices(50, 20)).float() / 127.5 - 1))
+
+
+def test_fd_bootstrap_replicates_are_fds_of_resamples(rng):
+    from latentlab.metrics.fid import fd_bootstrap, fd_interval
+
+    x = rng.normal(size=(300, 6)) + 0.3
+    r = rng.normal(size=(2000, 6))
+    ref = GaussianStats(r.mean(0), np.cov(r.T), 2000)
+    reps = fd_bootstrap(ref, torch.tensor(x), 40, seed=3)
+    idx = torch.randint(0, 300, (1, 300), generator=torch.Generator().manual_seed(3))[0].numpy()
+    assert reps[0] == pytest.approx(frechet_distance(ref.mu, ref.sigma, x[idx].mean(0), np.cov(x[idx].T)), rel=1e-9)
+    assert np.array_equal(reps, fd_bootstrap(ref, torch.tensor(x), 40, seed=3))  # seeded, bit-identical
+    est = frechet_distance(ref.mu, ref.sigma, x.mean(0), np.cov(x.T))
+    lo, hi = fd_interval(est, reps)
+    assert lo < est < hi and hi - lo == pytest.approx(np.quantile(reps, 0.975) - np.quantile(reps, 0.025))

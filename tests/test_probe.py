@@ -134,6 +134,14 @@ def test_probe_cli_end_to_end(tmp_path, rng):
                                 "davies_bouldin", "fisher_ratio", "rankme", "gmm_heldout_nll", "n_train", "n_test",
                                 "feature_dim", "pool", "eval_split", "seconds"]
     assert (tmp_path / "out" / "probe.png").stat().st_size > 10_000
+    # probe_images.csv: one 0/1 row per evaluated image, whose means are the table's accuracies
+    im = pd.read_csv(tmp_path / "out" / "probe_images.csv")
+    for tok, g in im.groupby("tokenizer"):
+        assert len(g) == rows[tok]["n_test"] and g["lp_top1"].isin([0, 1]).all()
+        assert g["lp_top1"].mean() == pytest.approx(rows[tok]["top1"]) and g["knn_top1"].mean() == pytest.approx(
+            rows[tok]["knn_top1"])
+    assert list(im[im.tokenizer == "a"]["index"]) == list(range(200))  # test rows, in store order
+    assert im[im.tokenizer == "b"]["lp_top5"].isna().all()  # <= 5 classes: no top-5
     code, out, err = run_cli("probe", "--tokenizer", f"b={tmp_path / 'b'}", "--out", str(tmp_path / "o2"),
                              "--pool", "mean", "--optimizer", "sgd", "--epochs", "2", "--device", "cpu")
     assert code == 0, err

@@ -60,7 +60,7 @@ def test_correlations_planted():
     df = pd.DataFrame({"tokenizer": list("abcde"), "sit_loss": target,
                        "up": target * 3 + 1, "down": -target ** 2, "noise": rng.normal(size=5),
                        "sparse": [1.0, np.nan, np.nan, np.nan, 2.0]})
-    c = correlations(df, ["sit_loss"]).set_index("metric")
+    c = correlations(df, ["up", "down", "noise", "sparse"], ["sit_loss"]).set_index("predictor")
     assert c.loc["up", "spearman"] == pytest.approx(1.0) and c.loc["up", "kendall"] == pytest.approx(1.0)
     assert c.loc["down", "spearman"] == pytest.approx(-1.0)
     rho = stats.spearmanr(df["noise"], target)[0]

@@ -13,29 +13,35 @@ import pytest
 import yaml
 
 from conftest import run_cli
+from latentlab.study.columns import study_metrics
 from latentlab.study.config import TOKENIZER_STAGES, load_study_config
 from latentlab.study.runner import run_study
-from latentlab.study.report import summary_columns
 
+FAST = {"steps": 12, "eval_every": 12, "ckpt_every": 6, "batch_size": 32}
 TINY = {
     "dataset": "digits",
     "seed": 0,
     "device": "cpu",
     "tokenizers": {
         "pixels": {"arch": "pixels"},
-        "ae": {"arch": "ae", "train": {"steps": 30, "eval_every": 30, "ckpt_every": 15, "batch_size": 32}},
-        "maetok": {"arch": "maetok", "train": {"steps": 30, "eval_every": 30, "ckpt_every": 15, "batch_size": 32},
-                   "decoder_finetune": {"steps": 10, "eval_every": 10, "ckpt_every": 10, "batch_size": 32}},
+        "ae": {"arch": "ae", "train": FAST},
+        "vae": {"arch": "vae", "train": FAST},
+        "vavae": {"arch": "vavae", "train": FAST},
+        "maetok": {"arch": "maetok", "train": FAST,
+                   "decoder_finetune": {"steps": 6, "eval_every": 6, "ckpt_every": 6, "batch_size": 32}},
     },
+    "primary": {"predictor": "lp_top1", "target": "gfd_lenet"},
     "sit": {"model": "SiT-tiny", "model_overrides": {"depth": 2, "hidden_size": 64},
             "train": {"steps": 30, "eval_every": 15, "ckpt_every": 15, "batch_size": 32}, "heldout_size": 32},
     "sample": {"n": 60, "steps": 4, "max_pngs": 8},
     "gmm": {"components": [1, 2, 4], "max_iter": 20},
     "probe": {"probe": {"epochs": 3}},
     "umap": {"n": 120, "pca_dim": 10},
-    "metrics": {"extractor": "lenet"},
+    "metrics": {"extractor": "lenet", "bootstrap": 50},
     "report": True,
 }
+NAMES = list(TINY["tokenizers"])
+TRAINED = NAMES[1:]
 
 
 def _cli_env(tmp: Path) -> dict:
@@ -52,8 +58,9 @@ def _run(cfg: Path, out: Path, env: dict) -> subprocess.CompletedProcess:
 def _tables(out: Path) -> dict:
     """The study's tables, without wall-clock columns (the only thing allowed to differ between runs)."""
     tables = {}
-    for name in ["summary.csv", "correlations.csv", "tables/gmm.csv", "tables/sit_curves.csv", "tables/probe.csv",
-                 "tables/umap.csv", "tables/generation.csv", "tables/recon.csv"]:
+    for name in ["runs.csv", "summary.csv", "comparisons.csv", "correlations.csv", "tables/gmm.csv",
+                 "tables/sit_curves.csv", "tables/probe.csv", "tables/umap.csv", "tables/generation.csv",
+                 "tables/recon.csv"]:
         df = pd.read_csv(out / name)
         tables[name] = df.drop(columns=[c for c in df.columns if c == "seconds"]).to_csv(index=False)
     return tables
@@ -70,37 +77,83 @@ def study(tmp_path_factory):
     return cfg, root, env, json.loads(proc.stdout)
 
 
+METRICS = study_metrics([1, 2, 4], "rfd_lenet", "gfd_lenet")
+PER_IMAGE = [m.name for m in METRICS if m.kind == "per-image"]
+
+
+def _check_tables(out: Path, seeds: int) -> None:
+    """runs.csv, summary.csv, comparisons.csv and correlations.csv of the tiny study with `seeds` replicates."""
+    runs = pd.read_csv(out / "runs.csv")
+    assert list(runs.columns[:2]) == ["tokenizer", "replicate"] and len(runs) == len(NAMES) * seeds
+    assert sorted(runs.replicate.unique()) == list(range(seeds))
+    df = pd.read_csv(out / "summary.csv")
+    assert list(df.tokenizer) == NAMES and df.columns[0] == "tokenizer"
+    assert (df.seeds == seeds).all() and set(df.interval) == {"within-run" if seeds == 1 else "across-seeds"}
+    for m in METRICS:  # every metric with its interval; per-image ones always have one for trained tokenizers
+        assert {m.name, f"{m.name}_lo", f"{m.name}_hi"} <= set(df.columns), m.name
+    trained = df[df.tokenizer.isin(TRAINED)]
+    for col in ["psnr", "ssim", "lp_top1", "knn_top1", "sit_loss", "gfd_lenet"]:
+        assert (trained[f"{col}_lo"] <= trained[col]).all() and (trained[col] <= trained[f"{col}_hi"]).all(), col
+        assert (trained[f"{col}_hi"] > trained[f"{col}_lo"]).all(), col
+    set_level = ["rankme", "gmm_nll_k2"]
+    assert df[[f"{c}_lo" for c in set_level]].isna().all().all() == (seeds == 1)  # no within-run interval for these
+    assert df.loc[df.tokenizer == "pixels", "baseline"].all() and not df.loc[df.tokenizer != "pixels", "baseline"].any()
+    assert df.loc[df.tokenizer == "pixels", "psnr"].iloc[0] == float("inf")
+    assert (df.pca_dim == df.pca_dim.iloc[0]).all()  # one common PCA dimension
+    comp = pd.read_csv(out / "comparisons.csv")
+    assert set(comp.reference) == {"ae"} and set(comp.tokenizer) == set(NAMES) - {"ae"}
+    assert set(comp.metric) <= set(PER_IMAGE) and {"sit_loss", "lp_top1"} <= set(comp.metric)
+    assert ((comp.diff_lo <= comp["diff"]) & (comp["diff"] <= comp.diff_hi)).all() and comp.p.between(0, 1).all()
+    corr = pd.read_csv(out / "correlations.csv")
+    assert list(corr.columns[:3]) == ["predictor", "target", "n"]
+    assert (corr.n == len(TRAINED)).all()  # the pixels baseline never counts
+    assert corr.primary.iloc[0] and corr.predictor.iloc[0] == "lp_top1" and corr.target.iloc[0] == "gfd_lenet"
+    assert corr.primary.sum() == 1 and (corr.loc[~corr.primary, "p_holm"] >= corr.loc[~corr.primary, "p_exact"]).all()
+    assert set(corr.p_method.dropna()) == {"exact (all 24 permutations)"}
+    assert not corr.predictor.str.contains("per_dim").any() and "pca_dim" not in set(corr.predictor)
+    assert set(corr.target) == {"sit_loss", "gfd_lenet"}
+    ok = corr.dropna(subset=["spearman_lo"])
+    assert len(ok) and ((ok.spearman_lo <= ok.spearman + 1e-9) & (ok.spearman <= ok.spearman_hi + 1e-9)).all()
+
+
 def test_tiny_study_outputs(study):
     cfg, root, env, summary = study
     out = root / "a"
-    df = pd.read_csv(out / "summary.csv")
-    assert list(df.tokenizer) == ["pixels", "ae", "maetok"]
-    documented = summary_columns([1, 2, 4], "rfd_lenet", "gfd_lenet")
-    assert documented == list(df.columns[:len(documented)])
-    # every tokenizer got the metrics of every stage
-    for col in ["lp_top1", "knn_top1", "rankme", "gmm_nll_k1", "gmm_nll_k4", "gmm_nll_per_dim_k2", "sit_loss",
-                "gfd_lenet"]:
-        assert df[col].notna().all(), col
-    assert df.loc[df.tokenizer == "ae", "psnr"].notna().all() and df.loc[df.tokenizer == "pixels", "ssim"].eq(1.0).all()
-    assert (df.pca_dim == df.pca_dim.iloc[0]).all()  # one common PCA dimension
-    assert json.loads(df.sit_loss_curve.iloc[0])[-1][0] == 30
-    corr = pd.read_csv(out / "correlations.csv")
-    assert {"metric", "target", "n", "spearman", "kendall"} <= set(corr.columns)
-    assert set(corr.target) == {"sit_loss", "gfd_lenet"} and (corr.n == 3).any()
-    for fig in ["nll_vs_components", "sit_loss_curves", "umap", "metrics_vs_gfid", "reconstructions", "samples"]:
+    _check_tables(out, 1)
+    assert summary["primary"].startswith("Primary hypothesis, lp_top1 against gfd_lenet: Spearman rho = ")
+    for fig in ["nll_vs_components", "sit_loss_curves", "umap", "metrics_vs_gfid", "comparisons", "reconstructions",
+                "samples"]:
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000, fig
     html = (out / "report.html").read_text()
-    assert "Summary table" in html and "data:image/png;base64" in html
-    for tok in ["pixels", "ae", "maetok"]:
+    assert "Summary table" in html and "data:image/png;base64" in html and "Primary hypothesis, lp_top1" in html
+    for tok in NAMES:
         for stage in TOKENIZER_STAGES:
-            assert (out / tok / stage / "stage.json").is_file()
-    assert not list(out.glob("*/*.work"))
+            assert (out / tok / "seed-0" / stage / "stage.json").is_file()
+    assert not list(out.glob("*/*/*.work"))
 
 
 def test_rerun_reuses_every_stage(study):
     cfg, root, env, first = study
     again = run_study(cfg, root / "a")
-    assert again["ran"] == [] and len(again["reused"]) == 3 * len(TOKENIZER_STAGES) + 3
+    assert again["ran"] == [] and len(again["reused"]) == len(NAMES) * len(TOKENIZER_STAGES) + 3
+
+
+def test_raising_seeds_reruns_only_the_new_replicate(study, tmp_path):
+    """seeds 1 -> 2: replicate 0 is reused stage for stage; only replicate 1 and the study-wide tables run."""
+    import shutil
+
+    cfg, root, env, _ = study
+    shutil.copytree(root / "a", tmp_path / "c")
+    res = run_study({**yaml.safe_load(cfg.read_text()), "seeds": 2}, tmp_path / "c")
+    new = {f"{t}/seed-1/{s}" for t in TRAINED for s in TOKENIZER_STAGES}
+    new |= {f"pixels/seed-1/{s}" for s in ("probe", "sit", "sample", "gfid")}  # pixels: nothing to train
+    assert set(res["ran"]) == new | {"_study/seed-1/gmm", "_study/relate"}
+    assert {f"{t}/seed-0/{s}" for t in NAMES for s in TOKENIZER_STAGES} <= set(res["reused"])
+    _check_tables(tmp_path / "c", 2)
+    runs, first = pd.read_csv(tmp_path / "c" / "runs.csv"), pd.read_csv(root / "a" / "runs.csv")
+    pd.testing.assert_frame_equal(runs[runs.replicate == 0].reset_index(drop=True), first)
+    assert (runs[runs.replicate == 1].sit_loss.to_numpy() != first.sit_loss.to_numpy()).all()  # its own seeds
+    assert (tmp_path / "c" / "report.html").is_file()
 
 
 def test_sigkill_then_rerun_gives_identical_tables(study):
@@ -114,18 +167,18 @@ def test_sigkill_then_rerun_gives_identical_tables(study):
     cfg, root, env, _ = study
     out = root / "b"
     shutil.copytree(root / "a", out)
-    for p in ["ae/sit", "ae/sample", "ae/gfid", "maetok", "_study", "summary.csv", "correlations.csv", "tables",
-              "figures", "report.html"]:
+    for p in ["ae/seed-0/sit", "ae/seed-0/sample", "ae/seed-0/gfid", "maetok", "_study", "runs.csv", "summary.csv",
+              "comparisons.csv", "correlations.csv", "analysis.json", "tables", "figures", "report.html"]:
         (shutil.rmtree if (out / p).is_dir() else os.remove)(out / p)
     proc = subprocess.Popen([sys.executable, "-m", "latentlab", "run", str(cfg), "--out", str(out)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
-    ckpt = out / "ae" / "sit.work" / "run" / "state.pt"
+    ckpt = out / "ae" / "seed-0" / "sit.work" / "run" / "state.pt"
     while time.time() < deadline and not ckpt.exists():  # in the middle of SiT training, after a checkpoint
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert ckpt.exists() and not (out / "ae" / "sit").exists() and not (out / "summary.csv").exists()
+    assert ckpt.exists() and not (out / "ae" / "seed-0" / "sit").exists() and not (out / "summary.csv").exists()
     done = _run(cfg, out, env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert _tables(out) == _tables(root / "a")
@@ -143,8 +196,10 @@ def test_each_study_wide_stage_failing_partway_then_rerun_gives_identical_tables
     cfg, root, env, _ = study
     out = root / "c"
     shutil.copytree(root / "a", out)
-    for p in ["_study", "summary.csv", "correlations.csv", "tables", "figures", "report.html", "run_log.json"]:
+    for p in ["_study", "runs.csv", "summary.csv", "comparisons.csv", "correlations.csv", "analysis.json", "tables",
+              "figures", "report.html", "run_log.json"]:
         (shutil.rmtree if (out / p).is_dir() else os.remove)(out / p)
+    where = {"gmm": out / "_study" / "seed-0", "umap": out / "_study", "relate": out / "_study"}
 
     def boom(*args, **kwargs):
         raise RuntimeError("failed on purpose")
@@ -154,10 +209,10 @@ def test_each_study_wide_stage_failing_partway_then_rerun_gives_identical_tables
             m.setattr(target, boom)
             with pytest.raises(RuntimeError, match="on purpose"):
                 run_study(cfg, out)
-        assert (out / "_study" / f"{stage}.work").is_dir() and not (out / "_study" / stage).exists()
+        assert (where[stage] / f"{stage}.work").is_dir() and not (where[stage] / stage).exists()
     assert any((out / "_study" / "relate.work" / "tables").iterdir())  # the leftovers that broke the rerun
     again = run_study(cfg, out)
-    assert sorted(again["ran"]) == ["_study/relate"] and not list(out.glob("_study/*.work"))
+    assert sorted(again["ran"]) == ["_study/relate"] and not list(out.glob("_study/**/*.work"))
     assert _tables(out) == _tables(root / "a")
 
 
@@ -165,7 +220,7 @@ def test_explore_notebook_executes(study, tmp_path):
     from latentlab.study.report import NOTEBOOK_DIR, render_notebook
 
     _, root, _, _ = study
-    store = root / "a" / "ae" / "extract" / "latents"
+    store = root / "a" / "ae" / "seed-0" / "extract" / "latents"
     html = render_notebook(NOTEBOOK_DIR / "explore_latents.ipynb", tmp_path / "explore.html",
                            {"store_path": str(store), "out_dir": str(tmp_path / "explore"),
                             "components": [1, 2], "umap_n": 100}, cwd=tmp_path)

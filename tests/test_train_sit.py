@@ -4,6 +4,7 @@ import dataclasses
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from conftest import run_cli
@@ -60,6 +61,10 @@ def test_tiny_run_lowers_heldout_loss_and_logs_per_t(tmp_path):
     logs = [r for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) if "loss_avg" in r]
     assert len(logs) == 6 and all(np.isfinite(r["loss_avg"]) for r in logs)
     assert (tmp_path / "run" / "heldout_loss.csv").is_file() and (tmp_path / "run" / "heldout_loss.png").is_file()
+    per = pd.read_csv(tmp_path / "run" / "heldout_images.csv")  # the final EMA model, image by image
+    assert len(per) == task.heldout.n and list(per["index"]) == list(task.heldout.indices)
+    assert per["loss"].mean() == pytest.approx(s["heldout_loss"], rel=1e-6)
+    assert np.allclose(per[[c for c in per if c.startswith("loss@t=")]].mean(axis=1), per["loss"])
     rc = json.loads((tmp_path / "run" / "config.json").read_text())
     assert rc["heldout"]["source"] == "test" and rc["normalization"]["mode"] == "channel"
     assert rc["train"]["lr"] == 3e-3 and rc["train"]["weight_decay"] == 0.0

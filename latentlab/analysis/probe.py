@@ -9,7 +9,11 @@ store is streamed from its memory-mapped shards (chunks in a shuffled order, row
 
 The `latentlab probe` pipeline (`run_probe`): linear probe + structure metrics per tokenizer -> probe.csv and probe.png.
 
-probe.csv has one row per tokenizer with the columns of `COLUMNS`:
+probe.csv has one row per tokenizer with the columns of `COLUMNS`, and probe_images.csv one row per
+evaluated image (tokenizer, index: its row in the evaluated store, label, and 0/1 columns lp_top1,
+lp_top5, knn_top1: whether that image was classified correctly), the per-image values behind the means.
+
+probe.csv's columns:
 tokenizer, top1, top5 (NaN with <= 5 classes), knn_top1, silhouette, calinski_harabasz,
 davies_bouldin, fisher_ratio, rankme, gmm_heldout_nll (only with a gmm.csv), n_train,
 n_test, feature_dim, pool, eval_split ("test" or "holdout-20%") and seconds.
@@ -160,7 +164,10 @@ def topk_accuracy(topk: np.ndarray, labels: np.ndarray, k: int) -> float:
 
 def linear_probe(train: Rows, test: Rows, num_classes: int, cfg: ProbeConfig | None = None,
                  on_epoch: Callable[[int, float], None] | None = None) -> dict:
-    """Train on `train`, evaluate on `test`: {top1, top5 (NaN when <= 5 classes), final_loss}."""
+    """Train on `train`, evaluate on `test`: {top1, top5 (NaN when <= 5 classes), final_loss, topk}.
+
+    "topk" holds the (n_test, min(5, classes)) predicted classes of every test row, best first.
+    """
     losses: list[float] = []
 
     def _log(epoch: int, loss: float) -> None:
@@ -172,7 +179,7 @@ def linear_probe(train: Rows, test: Rows, num_classes: int, cfg: ProbeConfig | N
     top = predict_topk(model, test, k=5)
     return {"top1": topk_accuracy(top, test.labels, 1),
             "top5": topk_accuracy(top, test.labels, 5) if num_classes > 5 else float("nan"),
-            "final_loss": losses[-1]}
+            "final_loss": losses[-1], "topk": top}
 
 
 # ---------------------------------------------------------------- the probe command
@@ -234,9 +241,16 @@ def split_features(tok: TokenizerLatents, cfg: DiscriminabilityConfig) -> tuple[
             Rows(tok.train, te, pool=cfg.pool, max_bytes=max_bytes), f"holdout-{round(cfg.holdout_fraction * 100)}%")
 
 
+def per_image_hits(topk: np.ndarray, labels: np.ndarray, k: int, num_classes: int) -> np.ndarray:
+    """(n,) 0/1: whether each row's label is among its first k predictions (NaN for k > 1 with <= k classes)."""
+    if k > 1 and num_classes <= k:
+        return np.full(len(labels), np.nan)
+    return (topk[:, :k] == np.asarray(labels)[:, None]).any(1).astype(np.float64)
+
+
 def discriminability_row(tok: TokenizerLatents, cfg: DiscriminabilityConfig,
-                         gmm_nll: dict[str, float] | None = None) -> dict:
-    """Every metric of one tokenizer, as one probe.csv row."""
+                         gmm_nll: dict[str, float] | None = None) -> tuple[dict, pd.DataFrame]:
+    """Every metric of one tokenizer (one probe.csv row) and its per-image correctness (probe_images.csv rows)."""
     t0 = time.perf_counter()
     train, test, eval_split = split_features(tok, cfg)
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
@@ -254,7 +268,12 @@ def discriminability_row(tok: TokenizerLatents, cfg: DiscriminabilityConfig,
         row["gmm_heldout_nll"] = gmm_nll[tok.name]
     row.update(n_train=train.n, n_test=test.n, feature_dim=train.dim, pool=cfg.pool, eval_split=eval_split,
                seconds=round(time.perf_counter() - t0, 3))
-    return row
+    index = test.indices if test.indices is not None else np.arange(test.n)
+    images = pd.DataFrame({"tokenizer": tok.name, "index": index, "label": test.labels,
+                           "lp_top1": per_image_hits(res["topk"], test.labels, 1, num_classes),
+                           "lp_top5": per_image_hits(res["topk"], test.labels, 5, num_classes),
+                           "knn_top1": per_image_hits(knn["topk"], test.labels, 1, num_classes)})
+    return row, images
 
 
 PROBE_KIND = "probe output"  # the `.latentlab` marker kind of its output folder
@@ -262,7 +281,7 @@ PROBE_KIND = "probe output"  # the `.latentlab` marker kind of its output folder
 
 def run_probe(tokenizers: list[TokenizerLatents], out: str | os.PathLike,
               cfg: DiscriminabilityConfig | None = None) -> dict:
-    """Probe and measure every tokenizer; write OUT/probe.csv and OUT/probe.png; return the summary."""
+    """Probe and measure every tokenizer; write OUT/probe.csv, OUT/probe_images.csv and OUT/probe.png."""
     cfg = cfg or DiscriminabilityConfig()
     _check_config(cfg)
     check_output(out, PROBE_KIND)  # before any work
@@ -272,10 +291,11 @@ def run_probe(tokenizers: list[TokenizerLatents], out: str | os.PathLike,
         if tok.test is not None:
             check_labels(tok.test, f"tokenizer {tok.name!r} test store ({tok.test.path})")
     check_finite(tokenizers)
-    rows = []
+    rows, images = [], []
     for tok in progress(tokenizers, desc="tokenizers", total=len(tokenizers), leave=True):
-        rows.append(discriminability_row(tok, cfg, gmm_nll))
-        r = rows[-1]
+        r, im = discriminability_row(tok, cfg, gmm_nll)
+        rows.append(r)
+        images.append(im)
         info(f"{tok.name}: probe top1 {r['top1']:.4f}, kNN top1 {r['knn_top1']:.4f} "
              f"({r['eval_split']}, {r['seconds']:.1f} s)")
     columns = [c for c in COLUMNS if c != "gmm_heldout_nll" or gmm_nll is not None]
@@ -283,10 +303,11 @@ def run_probe(tokenizers: list[TokenizerLatents], out: str | os.PathLike,
     out = Path(out)
     with output_dir(out, PROBE_KIND) as tmp:
         save_csv(df, tmp / "probe.csv")
+        save_csv(pd.concat(images, ignore_index=True), tmp / "probe_images.csv")
         plot_probe(df, tmp / "probe.png")
-    csv, png = out / "probe.csv", out / "probe.png"
+    csv, per_image, png = out / "probe.csv", out / "probe_images.csv", out / "probe.png"
     clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows]
-    return {"out": str(out), "csv": str(csv), "png": str(png), "rows": clean}
+    return {"out": str(out), "csv": str(csv), "per_image": str(per_image), "png": str(png), "rows": clean}
 
 
 def summary_text(summary: dict) -> str:
@@ -303,4 +324,4 @@ def summary_text(summary: dict) -> str:
 
 
 __all__ = ["COLUMNS", "DiscriminabilityConfig", "run_probe", "discriminability_row", "split_features",
-           "gmm_nll_lookup", "summary_text"]
+           "gmm_nll_lookup", "per_image_hits", "summary_text"]

@@ -25,8 +25,9 @@ def knn_accuracy(bank: Rows, queries: Rows, num_classes: int, k: int = 20, tempe
 
     Features are L2-normalised; each query takes its k most cosine-similar bank rows, each
     votes for its class with weight exp(similarity / temperature); the top-voted class is the
-    prediction. Returns {"top1", "top5"} (top5 NaN when there are <= 5 classes). The bank is
-    streamed, so it may be larger than memory; the queries are held in memory.
+    prediction. Returns {"top1", "top5"} (top5 NaN when there are <= 5 classes) and "topk", the
+    (Q, min(5, classes)) predicted classes of every query, best first. The bank is streamed, so it
+    may be larger than memory; the queries are held in memory.
     """
     if k < 1 or temperature <= 0:
         raise LatentlabError(f"kNN needs k >= 1 and temperature > 0 (got k={k}, temperature={temperature})")
@@ -53,7 +54,8 @@ def knn_accuracy(bank: Rows, queries: Rows, num_classes: int, k: int = 20, tempe
     votes = torch.zeros((nq, num_classes), device=device).scatter_add_(1, best_lab, weights)  # (Q, C)
     order = votes.topk(min(5, num_classes), dim=1).indices.cpu().numpy()  # (Q, <=5)
     hit = order == qy[:, None]
-    return {"top1": float(hit[:, 0].mean()), "top5": float(hit.any(1).mean()) if num_classes > 5 else float("nan")}
+    return {"top1": float(hit[:, 0].mean()), "top5": float(hit.any(1).mean()) if num_classes > 5 else float("nan"),
+            "topk": order}
 
 
 def cluster_scores(feats: Rows, max_samples: int = 5000, seed: int = 0) -> dict:

@@ -20,6 +20,9 @@ extractor_option = click.option(
 batch_option = click.option("--batch-size", type=COUNT, default=None, help=f"Images per forward pass [{D.batch_size}].")
 device_option = click.option("--device", default=None, help=f"cpu, cuda, cuda:N or auto [{D.device}].")
 weights_option = click.option("--weights", type=click.Choice(WEIGHTS), default=None, help=f"Which weights of the run [{D.weights}].")
+bootstrap_option = click.option("--bootstrap", type=click.IntRange(min=0), default=None,
+                                help=f"Bootstrap resamples of the generated features for the FD's 95% interval; "
+                                     f"0: none [{D.bootstrap}].")
 
 
 def _config(**kw) -> MetricsConfig:
@@ -36,7 +39,10 @@ def _extractor_line(e: dict) -> str:
 
 def _fd_text(s: dict) -> str:
     m = s["metric"]
-    line = f"{m} = {s[m]:.4f}  [extractor {_extractor_line(s['extractor'])}"
+    line = f"{m} = {s[m]:.4f}"
+    if f"{m}_lo" in s:
+        line += f" (95% interval {s[m + '_lo']:.4f} to {s[m + '_hi']:.4f}, {s['bootstrap']['n']} bootstrap resamples)"
+    line += f"  [extractor {_extractor_line(s['extractor'])}"
     line += "]" if m.endswith("fid") and not m.startswith("fd_") else "; not FID]"
     kid = next((k for k in s if "kid_" in k and "floor" not in k and k.endswith(s["extractor"]["name"])), None)
     if kid:
@@ -64,9 +70,10 @@ def _fd_text(s: dict) -> str:
 @click.option("--real-limit", type=COUNT, default=None, help="Use a fixed random subset of N real images [all].")
 @batch_option
 @device_option
+@bootstrap_option
 @click.option("--out", type=click.Path(), default=None, help="Also write fid.csv, fid.json and samples.png here.")
 @json_option
-def fid_cmd(real, fake, extractor, lenet_dataset, real_limit, batch_size, device, out, as_json):
+def fid_cmd(real, fake, extractor, lenet_dataset, real_limit, batch_size, device, bootstrap, out, as_json):
     """Fréchet distance (and Inception score for classifiers) between reference and generated images.
 
     Named after the extractor: FID only with inception; FD-lenet, FD-DINOv2 ... otherwise.
@@ -77,7 +84,7 @@ def fid_cmd(real, fake, extractor, lenet_dataset, real_limit, batch_size, device
     from latentlab.metrics.evaluate import fid
 
     cfg = _config(extractor=extractor, lenet_dataset=lenet_dataset, real_limit=real_limit, batch_size=batch_size,
-                  device=device)
+                  device=device, bootstrap=bootstrap)
     s = fid(real, fake, cfg, out)
     emit(s, as_json, lambda s: f"{_fd_text(s)}\nreal {real} ({s['real']['n']} images"
                                f"{', cached statistics' if s['real']['stats_cached'] else ''}), "
@@ -124,9 +131,11 @@ def eval_tokenizer_cmd(run, extractor, dataset, split, weights, batch_size, devi
 @weights_option
 @batch_option
 @device_option
+@bootstrap_option
 @click.option("--out", type=click.Path(), default=None, help="Output directory [RUN/eval].")
 @json_option
-def eval_sit_cmd(run, n, extractor, cfg_scale, steps, sampler, seed, weights, batch_size, device, out, as_json):
+def eval_sit_cmd(run, n, extractor, cfg_scale, steps, sampler, seed, weights, batch_size, device, bootstrap, out,
+                 as_json):
     """gFID of a SiT run: sample N images, decode them, FD against the train split's statistics.
 
     \b
@@ -135,7 +144,7 @@ def eval_sit_cmd(run, n, extractor, cfg_scale, steps, sampler, seed, weights, ba
     from latentlab.metrics.evaluate import eval_sit
 
     cfg = _config(n=n, extractor=extractor, cfg=cfg_scale, steps=steps, sampler=sampler, seed=seed, weights=weights,
-                  batch_size=batch_size, device=device)
+                  batch_size=batch_size, device=device, bootstrap=bootstrap)
     s = eval_sit(run, cfg, out)
     emit(s, as_json, lambda s: f"{s['run']}: {s['n']} samples vs {s['dataset']}:train\n{_fd_text(s)}\n"
                                f"wrote {s['files']['csv']} and {s['files']['figure']}")

@@ -11,17 +11,31 @@ from latentlab.cli.common import emit, json_option
 
 
 def _text(s: dict) -> str:
+    import math
+
     import pandas as pd
 
+    df = pd.read_csv(s["summary"])
+    metrics = [c for c in df.columns if c in ("psnr", "lp_top1", "knn_top1", "sit_loss")
+               or (c.startswith(("rfd", "rfid", "gfd", "gfid")) and not c.endswith(("_lo", "_hi")))]
+
+    def cell(row, c) -> str:
+        v, lo, hi = row[c], row.get(f"{c}_lo"), row.get(f"{c}_hi")
+        if lo is None or not (isinstance(lo, float) and math.isfinite(lo)):
+            return f"{v:.4g}"
+        return f"{v:.4g} [{lo:.4g}, {hi:.4g}]"
+
+    table = pd.DataFrame([{"tokenizer": r["tokenizer"] + (" (baseline)" if r.get("baseline") else ""),
+                           "interval": r.get("interval"), **{c: cell(r, c) for c in metrics}}
+                          for r in df.to_dict("records")])
     lines = []
-    with pd.option_context("display.width", 200, "display.max_columns", 30, "display.precision", 4):
-        df = pd.read_csv(s["summary"])
-        show = [c for c in df.columns if c in ("tokenizer", "psnr", "ssim", "lp_top1", "knn_top1", "rankme",
-                                               "pca_dim", "sit_loss") or c.startswith(("rfd", "rfid", "gfd", "gfid"))
-                or c.startswith("gmm_nll_k")][:16]
-        lines.append(df[show].to_string(index=False))
+    if s.get("primary"):
+        lines.append(s["primary"] + "\n")
+    with pd.option_context("display.width", 250, "display.max_columns", 30):
+        lines.append(table.to_string(index=False))
     lines.append(f"\nran {len(s['ran'])} stages, reused {len(s['reused'])} in {s['seconds']:.0f} s")
-    lines.append(f"summary:      {s['summary']}\ncorrelations: {s['correlations']}")
+    lines.append(f"summary:      {s['summary']} (95% intervals: M_lo, M_hi)\ncomparisons:  {s['comparisons']}\n"
+                 f"correlations: {s['correlations']}")
     if s.get("report"):
         lines.append(f"report:       {s['report']}")
     return "\n".join(lines)
@@ -35,8 +49,9 @@ def run_cmd(config, out, as_json):
     """Run a whole study from a YAML config: train/load tokenizers, extract latents, measure their
     structure (GMM NLL, probes, UMAP), train SiT on them, sample, compute gFD/gFID and relate it all.
 
-    Each stage is cached under OUT/<tokenizer>/<stage>/ and skipped while its inputs are unchanged;
-    a run that was killed finishes where it stopped when started again.
+    Each stage is cached under OUT/<tokenizer>/seed-<r>/<stage>/ and skipped while its inputs are
+    unchanged; a run that was killed finishes where it stopped when started again, and raising `seeds`
+    runs only the new replicates.
 
     \b
     latentlab run studies/default.yaml --out demo-out

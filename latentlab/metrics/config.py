@@ -32,6 +32,7 @@ class MetricsConfig:
     grid: int = 16                      # eval-tokenizer: originals shown in the grid
     kid_subsets: int = 100              # KID: random subset pairs (torch-fidelity's default) ...
     kid_subset_size: int = 1000         # ... of this many rows each (lowered to the smaller set)
+    bootstrap: int = 200                # FD of generated sets: bootstrap replicates over their features (0: none)
 
     def __post_init__(self):
         for name in ("batch_size", "is_splits", "steps", "chunk", "grid"):
@@ -40,6 +41,8 @@ class MetricsConfig:
         for name in ("n", "real_limit"):
             if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1 (or null for the default), got {getattr(self, name)}")
+        if self.bootstrap < 0:
+            raise ValueError(f"bootstrap must be >= 0 (0: no FD interval), got {self.bootstrap}")
         if self.cfg < 0 or self.seed < 0:
             raise ValueError(f"cfg and seed must be >= 0, got {self.cfg} and {self.seed}")
         parse_enum(Sampler, self.sampler, "sampler")

@@ -31,16 +31,16 @@ from latentlab.latents import count_nonfinite_rows
 from latentlab.metrics.accuracy import conditional_accuracy
 from latentlab.metrics.config import EVAL_SPLIT, MetricsConfig, default_n_samples
 from latentlab.metrics.extractors import FeatureExtractor, get_extractor
-from latentlab.metrics.fid import fd_between, inception_score
+from latentlab.metrics.fid import fd_between, fd_bootstrap, fd_interval, inception_score
 from latentlab.metrics.images import ImageSet, open_images
 from latentlab.metrics.kid import kid
 from latentlab.metrics.recon import recon_metrics, ssim_sigma
-from latentlab.metrics.stats import KID_POOL, FeatureSummary, compute_features, real_summary
+from latentlab.metrics.stats import KID_POOL, FeatureSummary, compute_features, kid_pool, real_summary
 from latentlab.outputs import check_output, output_dir
 from latentlab.plots.recon import plot_recon_grid, plot_samples
 from latentlab.sit.sample import SampleConfig, balanced_labels, decode_latents, decoder_for, load_sit, sample_latents
 from latentlab.tokenizers.training import reconstruct
-from latentlab.utils import get_device
+from latentlab.utils import derive_seed, get_device
 
 FID_KIND, RECON_KIND, GFID_KIND = "fid output", "eval-tokenizer output", "eval-sit output"  # `.latentlab` kinds
 
@@ -142,12 +142,31 @@ def fd_against(real: str, fake_batches: Iterable[torch.Tensor], n_fake: int, cfg
     """FD, KID and their real-vs-real floor (+ IS and, given the conditioning `labels`, conditional accuracy
     when the extractor classifies) between `real` and streamed fake batches (B, C, H, W) in [-1, 1]."""
     ref, real_info = _reference(real, ext, cfg, image_size)
-    fake = compute_features(ext, fake_batches, total=n_fake, desc="generated features", keep_features=KID_POOL)
+    # the FD bootstrap resamples every generated row; KID keeps its fixed pool of them
+    fake = compute_features(ext, fake_batches, total=n_fake, desc="generated features",
+                            keep_features=None if cfg.bootstrap > 0 else KID_POOL)
     name, _ = metric_names(ext, prefix)
-    return {"metric": name, **distances(ref, fake, ext, cfg, prefix),
-            **floor_against(real, ref, fake.stats.n, ext, cfg, prefix, image_size),
+    out = {"metric": name, **distances(ref, kid_pool(fake), ext, cfg, prefix)}
+    if cfg.bootstrap > 0:  # the generated set's sampling noise: resample its features, the real side fixed
+        reps = fd_bootstrap(ref.stats, fake.features, cfg.bootstrap, derive_seed("fd-bootstrap", cfg.seed))
+        out[f"{name}_lo"], out[f"{name}_hi"] = fd_interval(out[name], reps)
+        out["bootstrap"] = {"n": len(reps), "replicates": [float(v) for v in reps]}
+    return {**out, **floor_against(real, ref, fake.stats.n, ext, cfg, prefix, image_size),
             **_is_entry(ext, fake, cfg.is_splits), **_cond_entry(ext, fake, labels),
             "extractor": ext.describe(), "real": real_info, "n_fake": fake.stats.n}
+
+
+def bootstrap_table(summary: dict) -> dict[str, tuple[str, pd.DataFrame]]:
+    """`write_outputs` tables for the FD bootstrap: {"bootstrap": ("fd_bootstrap.csv", replicates)} or {}.
+
+    The summary then names the file instead of listing the replicates.
+    """
+    boot = summary.get("bootstrap")
+    if not boot or "replicates" not in boot:
+        return {}
+    df = pd.DataFrame({"replicate": np.arange(boot["n"]), summary["metric"]: boot["replicates"]})
+    summary["bootstrap"] = {"n": boot["n"], "file": "fd_bootstrap.csv"}
+    return {"bootstrap": ("fd_bootstrap.csv", df)}
 
 
 def fid(real: str, fake: str | ImageSet, cfg: MetricsConfig | None = None, out: str | Path | None = None) -> dict:
@@ -168,7 +187,8 @@ def fid(real: str, fake: str | ImageSet, cfg: MetricsConfig | None = None, out: 
             row["extractor_test_accuracy"] = summary["extractor"]["test_accuracy"]
         shown = np.unique(np.linspace(0, imgs.n - 1, min(64, imgs.n)).round().astype(int))  # spread over the set
         write_outputs(summary, Path(out), FID_KIND, "fid", row,
-                      lambda d: plot_samples(imgs.uint8(shown), d / "samples", title=str(imgs.source)))
+                      lambda d: plot_samples(imgs.uint8(shown), d / "samples", title=str(imgs.source)),
+                      bootstrap_table(summary))
     return summary
 
 
@@ -307,6 +327,7 @@ def eval_sit(run: str | Path, cfg: MetricsConfig | None = None, out: str | Path 
            "extractor": summary["extractor"]["name"], "extractor_test_accuracy": summary["extractor"].get("test_accuracy")}
     metric = summary["metric"]
     write_outputs(summary, out, GFID_KIND, "gfid", row,
-                  lambda d: plot_samples(shown[0], d / "samples", title=f"{Path(run).name}: {metric} {summary[metric]:.2f}"))
+                  lambda d: plot_samples(shown[0], d / "samples", title=f"{Path(run).name}: {metric} {summary[metric]:.2f}"),
+                  bootstrap_table(summary))
     return summary
 

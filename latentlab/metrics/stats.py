@@ -8,6 +8,7 @@ on load, so a retrained or replaced extractor never reuses statistics of its pre
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,14 @@ def keep_positions(total: int | None, keep: int | None) -> np.ndarray | None:
     return np.sort(np.random.default_rng(0).permutation(total)[:keep])
 
 
+def kid_pool(summary: FeatureSummary) -> FeatureSummary:
+    """`summary` with its kept rows cut to the KID pool: the rows `keep_features=KID_POOL` would have kept."""
+    if summary.features is None:
+        return summary
+    pos = keep_positions(len(summary.features), KID_POOL)
+    return summary if pos is None else dataclasses.replace(summary, features=summary.features[pos])
+
+
 def compute_features(extractor: FeatureExtractor, batches: Iterable[torch.Tensor], total: int | None = None,
                      desc: str = "features", keep_logits: bool = True, keep_features: int | None = 0
                      ) -> FeatureSummary:
@@ -60,6 +69,8 @@ def compute_features(extractor: FeatureExtractor, batches: Iterable[torch.Tensor
     for images in batches:
         feats, lg = extractor.extract(images)          # (B, D), (B, K) | None
         acc.update(feats)
+        if keep_features:
+            kept.append(feats.detach().float())
         if keep_logits and lg is not None:
             logits.append(lg.cpu().numpy())
         if keep_features != 0:

@@ -1,4 +1,5 @@
-"""Study-level figures: each latent metric against generation, and image panels per tokenizer."""
+"""Study-level figures, each with its uncertainty: metrics against generation (error bars both ways), NLL-vs-K
+and SiT-loss curves (bands across seeds), paired comparisons against the reference, and image panels."""
 
 from __future__ import annotations
 
@@ -12,35 +13,148 @@ import pandas as pd
 from latentlab.plots import new_figure, save_figure
 
 
+def _col(df: pd.DataFrame, c: str) -> np.ndarray:
+    return pd.to_numeric(df[c], errors="coerce").to_numpy(np.float64) if c in df else np.full(len(df), np.nan)
+
+
+def _err(df: pd.DataFrame, c: str) -> np.ndarray:
+    """(2, n) error-bar lengths below and above each value of column c from c_lo / c_hi (0 where missing)."""
+    v, lo, hi = _col(df, c), _col(df, f"{c}_lo"), _col(df, f"{c}_hi")
+    return np.nan_to_num(np.stack([v - lo, hi - v]), nan=0.0).clip(min=0)
+
+
+def _is_baseline(df: pd.DataFrame) -> np.ndarray:
+    return df["baseline"].fillna(False).astype(bool).to_numpy() if "baseline" in df else np.zeros(len(df), bool)
+
+
+def correlation_title(c: pd.Series) -> str:
+    """rho [lo, hi], p (method) and n of one correlations.csv row, for a figure title."""
+    def f(v, spec="+.2f"):
+        return format(v, spec) if np.isfinite(v) else "n/a"
+
+    method = str(c.p_method).split(" ")[0] if isinstance(c.p_method, str) and c.p_method else ""
+    return (f"rho {f(c.spearman)} [{f(c.spearman_lo)}, {f(c.spearman_hi)}]\n"
+            f"p={f(c.p_exact, '.3g')} {method}, n={int(c.n)}{' (primary)' if bool(c.primary) else ''}")
+
+
 def plot_metrics_vs_target(summary: pd.DataFrame, metrics: list[str], target: str, path: str | os.PathLike,
                            correlations: pd.DataFrame | None = None, ncols: int = 4) -> Path:
-    """One scatter per latent metric against `target` (gFD or SiT loss), one labelled point per tokenizer."""
+    """One scatter per metric against `target`, a point per tokenizer with 95% error bars both ways.
+
+    Baseline rows (hollow markers) are drawn for reference but are not part of the correlation in the title.
+    """
     metrics = metrics or ["(no metric)"]
     nrows = math.ceil(len(metrics) / ncols)
-    fig, axes = new_figure(min(ncols, len(metrics)), nrows, size=(3.4, 2.9))
+    fig, axes = new_figure(min(ncols, len(metrics)), nrows, size=(3.4, 3.1))
     flat = axes.ravel()
+    base = _is_baseline(summary)
     for ax, m in zip(flat, metrics):
-        if m not in summary:
+        if m not in summary or target not in summary:
             ax.axis("off")
             continue
-        x = pd.to_numeric(summary[m], errors="coerce")
-        y = pd.to_numeric(summary[target], errors="coerce")
+        x, y = _col(summary, m), _col(summary, target)
         ok = np.isfinite(x) & np.isfinite(y)
-        ax.scatter(x[ok], y[ok], s=28)
-        for xi, yi, name in zip(x[ok], y[ok], summary["tokenizer"][ok]):
-            ax.annotate(str(name), (xi, yi), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        for sel, style in ((ok & ~base, {"fmt": "o"}), (ok & base, {"fmt": "o", "mfc": "none"})):
+            if sel.any():
+                ax.errorbar(x[sel], y[sel], xerr=_err(summary, m)[:, sel], yerr=_err(summary, target)[:, sel],
+                            ms=5, capsize=2, lw=0.8, color="C0" if style.get("mfc") is None else "gray", **style)
+        for xi, yi, name, b in zip(x[ok], y[ok], summary["tokenizer"][ok], base[ok]):
+            ax.annotate(f"{name}{' (baseline)' if b else ''}", (xi, yi), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
         title = m
         if correlations is not None and not correlations.empty:
-            c = correlations[(correlations.metric == m) & (correlations.target == target)]
-            if len(c) and np.isfinite(c.spearman.iloc[0]):
-                title += f"\nSpearman {c.spearman.iloc[0]:+.2f} (n={int(c.n.iloc[0])})"
-        ax.set_title(title, fontsize=8)
+            c = correlations[(correlations.predictor == m) & (correlations.target == target)]
+            if len(c):
+                title += "\n" + correlation_title(c.iloc[0])
+        ax.set_title(title, fontsize=7)
         ax.set_xlabel(m, fontsize=7)
         ax.set_ylabel(target, fontsize=7)
         ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
     for ax in flat[len(metrics):]:
         ax.axis("off")
+    return save_figure(fig, path)
+
+
+def _band(ax, x, y, lo, hi, color, label, dashed=False) -> None:
+    ax.plot(x, y, marker="o", ms=3, color=color, label=label, ls="--" if dashed else "-")
+    ok = np.isfinite(lo) & np.isfinite(hi)
+    if ok.any():
+        ax.fill_between(np.asarray(x)[ok], lo[ok], hi[ok], color=color, alpha=0.2, lw=0)
+
+
+def draw_nll_bands(ax, summary: pd.DataFrame, components: list[int], pca_dims: list[int]) -> None:
+    """Held-out GMM NLL against K per tokenizer, the mean over seeds with its 95% band, onto `ax`."""
+    base = _is_baseline(summary)
+    ks = np.asarray(components)
+    for i, (name, b) in enumerate(zip(summary["tokenizer"], base)):
+        row = summary.iloc[[i]]
+        cols = [f"gmm_nll_k{k}" for k in ks]
+        if not all(c in summary for c in cols):
+            continue
+        y = np.array([_col(row, c)[0] for c in cols])
+        lo = np.array([_col(row, f"{c}_lo")[0] for c in cols])
+        hi = np.array([_col(row, f"{c}_hi")[0] for c in cols])
+        _band(ax, ks, y, lo, hi, f"C{i % 10}", f"{name}{' (baseline)' if b else ''}", dashed=b)
+    dims = ", ".join(map(str, pca_dims))
+    ax.set(xscale="log", xlabel="number of GMM components K", ylabel=f"held-out NLL (nats, {dims}-dim PCA)",
+           title="GMM NLL against components")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def draw_curve_bands(ax, bands: pd.DataFrame, summary: pd.DataFrame | None = None) -> None:
+    """Held-out SiT loss against step per tokenizer with its across-seed band; the last point's 95% interval
+    (seeds and held-out images, from summary.csv's sit_loss_lo / _hi) as an error bar."""
+    for i, (name, g) in enumerate(bands.groupby("tokenizer", sort=False)):
+        g = g.sort_values("step")
+        color = f"C{i % 10}"
+        _band(ax, g.step.to_numpy(), g.loss.to_numpy(), g.loss_lo.to_numpy(np.float64), g.loss_hi.to_numpy(np.float64),
+              color, name)
+        if summary is not None and "sit_loss_lo" in summary:
+            s = summary[summary.tokenizer == name]
+            if len(s) and np.isfinite(_col(s, "sit_loss_lo")[0]):
+                ax.errorbar([g.step.iloc[-1]], _col(s, "sit_loss"), yerr=_err(s, "sit_loss"), color=color, capsize=3)
+    ax.set(xlabel="SiT training step", ylabel="held-out SiT loss (EMA)", title="SiT held-out loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+def plot_nll_bands(summary: pd.DataFrame, components: list[int], pca_dims: list[int], path: str | os.PathLike) -> Path:
+    """MAETok Fig. 2a with uncertainty: `draw_nll_bands` as its own figure."""
+    fig, axes = new_figure(1, size=(5.6, 4.0))
+    draw_nll_bands(axes[0][0], summary, components, pca_dims)
+    return save_figure(fig, path)
+
+
+def plot_curve_bands(bands: pd.DataFrame, summary: pd.DataFrame | None, path: str | os.PathLike) -> Path:
+    """MAETok Fig. 2b with uncertainty: `draw_curve_bands` as its own figure."""
+    fig, axes = new_figure(1, size=(5.6, 4.0))
+    draw_curve_bands(axes[0][0], bands, summary)
+    return save_figure(fig, path)
+
+
+def plot_comparisons(comparisons: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """One panel per per-image metric: each tokenizer minus the reference, with its 95% interval."""
+    metrics = list(dict.fromkeys(comparisons["metric"])) if len(comparisons) else ["(no comparison)"]
+    ncols = min(3, len(metrics))
+    fig, axes = new_figure(ncols, math.ceil(len(metrics) / ncols),
+                           size=(3.6, 0.35 * max(2, comparisons["tokenizer"].nunique()) + 1.2))
+    flat = axes.ravel()
+    for ax in flat[len(metrics):]:
+        ax.axis("off")
+    for ax, m in zip(flat, metrics):
+        c = comparisons[comparisons["metric"] == m].reset_index(drop=True)
+        if c.empty:
+            ax.axis("off")
+            continue
+        y = np.arange(len(c))
+        ax.errorbar(c["diff"], y, xerr=_err(c, "diff"), fmt="o", ms=4, capsize=2, lw=0.8)
+        ax.axvline(0, color="gray", lw=0.8)
+        ax.set_yticks(y, [f"{t}  p={p:.2g}" for t, p in zip(c["tokenizer"], c["p"])], fontsize=6)
+        ax.set_title(f"{m}: minus {c['reference'].iloc[0]}", fontsize=8)
+        ax.tick_params(axis="x", labelsize=6)
+        ax.grid(alpha=0.3)
     return save_figure(fig, path)
 
 
@@ -74,23 +188,15 @@ def plot_pca_spectrum(pcas: dict, path: str | os.PathLike, threshold: float = 0.
     return save_figure(fig, path)
 
 
-def plot_gmm_and_sit(gmm: pd.DataFrame, sit_curves: pd.DataFrame, path: str | os.PathLike,
-                     tokenizers: list[str] | None = None) -> Path:
-    """MAETok Fig. 2 side by side: (a) held-out GMM NLL against K, (b) SiT held-out loss against step."""
-    names = tokenizers or list(dict.fromkeys(gmm.tokenizer))
+def plot_gmm_and_sit(summary: pd.DataFrame, bands: pd.DataFrame, components: list[int], pca_dims: list[int],
+                     path: str | os.PathLike, tokenizers: list[str] | None = None) -> Path:
+    """MAETok Fig. 2 side by side, with 95% bands across seeds: (a) held-out GMM NLL against K, (b) SiT loss."""
+    if tokenizers:
+        summary = summary[summary.tokenizer.isin(tokenizers)]
+        bands = bands[bands.tokenizer.isin(tokenizers)]
     fig, axes = new_figure(2, size=(5.2, 3.8))
-    a, b = axes[0]
-    for i, name in enumerate(names):
-        color = f"C{i}"
-        g = gmm[gmm.tokenizer == name].sort_values("n_components")
-        a.plot(g.n_components, g.heldout_nll, marker="o", ms=3, color=color, label=name)
-        c = sit_curves[(sit_curves.tokenizer == name) & (sit_curves.t.astype(str) == "mean")].sort_values("step")
-        b.plot(c.step, c.loss, marker="o", ms=3, color=color, label=name)
-    dim = int(gmm.pca_dim.iloc[0]) if len(gmm) else 0
-    a.set(xscale="log", xlabel="number of GMM components K", ylabel=f"held-out NLL (nats, {dim}-dim PCA)",
-          title="(a) GMM NLL against components")
-    b.set(xlabel="SiT training step", ylabel="held-out SiT loss (EMA)", title="(b) SiT loss")
-    for ax in (a, b):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+    draw_nll_bands(axes[0][0], summary, components, pca_dims)
+    draw_curve_bands(axes[0][1], bands, summary)
+    axes[0][0].set_title("(a) GMM NLL against components")
+    axes[0][1].set_title("(b) SiT loss")
     return save_figure(fig, path)

@@ -11,6 +11,7 @@ store's statistics, and drives `latentlab.trainer.train` with a `SiTTask`:
   `sit_loss_gap = heldout_loss - sit_loss_linear`;
 - `until: plateau` (in `train`) stops when the EMA's held-out loss stalls; the summary adds
   `sit_loss_auc`, the mean held-out loss over all evaluations, and `steps_done`.
+- at the end, the final EMA model's loss on each held-out image goes to heldout_images.csv.
 
 What "the same held-out set for every tokenizer of a dataset" means here:
   * the same images: `HELDOUT_SIZE` indices chosen by a seed that depends only on
@@ -27,6 +28,7 @@ true labels (no dropout, no guidance), as the per-sample mean over all latent di
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,7 +37,7 @@ import torch
 
 from latentlab.errors import LatentlabError
 from latentlab.extract import TokenizerLatents, check_finite, resolve_tokenizer
-from latentlab.io import load_json, obj_hash, save_csv
+from latentlab.io import load_json, load_run_weights, obj_hash, save_csv
 from latentlab.latents import LatentStore
 from latentlab.plots.sit import plot_heldout
 from latentlab.sit.config import SiTTrainConfig
@@ -44,7 +46,7 @@ from latentlab.sit.model import SiT, sit_config, token_patch_for
 from latentlab.sit.reference import latent_spectrum, reference_losses
 from latentlab.sit.transport import TimeSampling, drop_labels, flow_loss, parse_enum, sample_t
 from latentlab.trainer import TrainConfig, TrainTask, check_run_dir, index_batch, train, unwrap
-from latentlab.utils import derive_seed, torch_seeded
+from latentlab.utils import derive_seed, is_main, torch_seeded
 
 # ---------------------------------------------------------------- normalisation
 
@@ -130,27 +132,49 @@ def make_heldout(train: LatentStore, test: LatentStore | None, size: int = 256, 
 
 
 @torch.no_grad()
-def heldout_loss(model: torch.nn.Module, heldout: HeldOut, norm: dict, batch_size: int = 256,
-                 device: torch.device | str = "cpu") -> dict:
-    """{"heldout_loss": mean over t, "heldout_loss@t=0.0625": ..., ...} of `model` on the held-out set."""
+def heldout_losses(model: torch.nn.Module, heldout: HeldOut, norm: dict, batch_size: int = 256,
+                   device: torch.device | str = "cpu") -> np.ndarray:
+    """(n, n_t) float64: the loss of `model` on every held-out image at every t of the grid."""
     model.eval()
     x_all = torch.from_numpy(heldout.store.take(heldout.indices))                # (n, *shape)
     y_all = torch.from_numpy(heldout.store.labels[heldout.indices])                # (n,)
     null = unwrap(model).null_class
     y_all = torch.where(y_all < 0, torch.full_like(y_all, null), y_all)
     x_all = normalize(x_all, norm)
-    out = {}
+    out = np.zeros((heldout.n, len(heldout.t_grid)))
     for k, tv in enumerate(heldout.t_grid):
         eps_all = heldout.noise(k)                                                # (n, *shape)
-        total = 0.0
         for i in range(0, heldout.n, batch_size):
             x, eps = x_all[i:i + batch_size].to(device), eps_all[i:i + batch_size].to(device)
             y = y_all[i:i + batch_size].to(device)
             t = torch.full((x.shape[0],), float(tv), device=device)
-            total += float(flow_loss(lambda xt, tt: model(xt, tt, y), x, eps, t).sum())
-        out[f"heldout_loss@t={tv:.4f}"] = total / heldout.n
-    out = {"heldout_loss": float(np.mean(list(out.values()))), **out}
+            out[i:i + x.shape[0], k] = flow_loss(lambda xt, tt: model(xt, tt, y), x, eps, t).double().cpu().numpy()
     return out
+
+
+def heldout_loss(model: torch.nn.Module, heldout: HeldOut, norm: dict, batch_size: int = 256,
+                 device: torch.device | str = "cpu") -> dict:
+    """{"heldout_loss": mean over t, "heldout_loss@t=0.0625": ..., ...} of `model` on the held-out set."""
+    per = heldout_losses(model, heldout, norm, batch_size, device)
+    out = {f"heldout_loss@t={tv:.4f}": float(per[:, k].mean()) for k, tv in enumerate(heldout.t_grid)}
+    return {"heldout_loss": float(np.mean(list(out.values()))), **out}
+
+
+def heldout_image_table(model: torch.nn.Module, heldout: HeldOut, norm: dict, batch_size: int = 256,
+                        device: torch.device | str = "cpu"):
+    """One row per held-out image: index (its row in the held-out store), label, loss (mean over t), loss@t=...
+
+    Every tokenizer of a dataset has the same images, t grid and noise seed here, so two tables pair
+    image by image (the study's paired comparisons rest on that).
+    """
+    import pandas as pd
+
+    per = heldout_losses(model, heldout, norm, batch_size, device)
+    table = pd.DataFrame({"index": heldout.indices, "label": heldout.store.labels[heldout.indices],
+                          "loss": per.mean(1)})
+    for k, tv in enumerate(heldout.t_grid):
+        table[f"loss@t={tv:.4f}"] = per[:, k]
+    return table
 
 
 # ---------------------------------------------------------------- the task
@@ -296,9 +320,14 @@ def train_sit(tokenizer, out: str | Path, cfg: SiTTrainConfig | None = None, res
     summary = train(task, tcfg, out, resume=resume)
     table = heldout_table(out)
     files = {}
-    if table is not None:
+    if table is not None and is_main():
         files["csv"] = str(save_csv(table, out / "heldout_loss.csv"))
         files["png"] = str(plot_heldout({task.provenance["name"]: table}, out / "heldout_loss"))
+    if is_main():  # the final EMA model's loss on each held-out image (its mean is the last heldout_loss)
+        ema = load_run_weights(out, copy.deepcopy(task.model), "ema")
+        images = heldout_image_table(ema, task.heldout, task.norm, cfg.eval_batch_size,
+                                     next(task.model.parameters()).device)
+        files["per_image"] = str(save_csv(images, out / "heldout_images.csv"))
     final = summary.get("eval", {})
     means = table[table.t == "mean"]["loss"] if table is not None else []
     return {**summary, "model": cfg.model, "latents": task.provenance["name"],

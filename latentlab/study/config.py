@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
+import itertools
 import os
 from dataclasses import dataclass, field
 from importlib.util import find_spec
@@ -13,6 +15,7 @@ from latentlab.config import check_fields, from_dict, load_mapping
 from latentlab.data import DATASETS, parse_spec
 from latentlab.errors import LatentlabError
 from latentlab.metrics.config import MetricsConfig
+from latentlab.study.columns import fd_column_names, study_metrics
 from latentlab.sit.config import SampleConfig, SiTTrainConfig
 from latentlab.tokenizers.config import TokenizerConfig, TokenizerRunConfig
 from latentlab.tokenizers.models import TOKENIZERS
@@ -39,6 +42,8 @@ class TokenizerEntry:
     factory: str | None = None         # arch=python: MODULE:CALLABLE (or a registered plug-in name)
     kwargs: dict = field(default_factory=dict)    # arch=python: keyword arguments of the factory
     store: str | None = None           # arch=store: a store set (train/ and test/) extracted elsewhere
+    baseline: bool | None = None       # reported, never counted in a correlation (None: true for pixels only)
+    sweep: dict = field(default_factory=dict)     # {"model.mask_ratio": [0.25, 0.5]}: one variant per setting
 
 
 @dataclass
@@ -47,8 +52,11 @@ class StudyConfig:
 
     dataset: str = "mnist5k"
     seed: int = 0
+    seeds: int = 1                                   # replicates of every tokenizer's whole chain
     device: str = "auto"
-    tokenizers: dict = field(default_factory=dict)   # name -> TokenizerEntry fields
+    tokenizers: dict = field(default_factory=dict)   # name -> TokenizerEntry fields (a `sweep:` expands into variants)
+    primary: dict | None = None                      # {predictor: COLUMN, target: COLUMN}: the one tested hypothesis
+    reference: str | None = None                     # comparisons.csv's reference (default: the first non-baseline)
     sit: dict = field(default_factory=dict)          # SiTTrainConfig fields (model, train: {steps, ...})
     sample: dict = field(default_factory=dict)       # SampleConfig fields (n = gFID sample count, steps, sampler)
     gmm: dict = field(default_factory=dict)          # FitGMMConfig fields (components, pca_variance, ...)
@@ -56,6 +64,59 @@ class StudyConfig:
     umap: dict = field(default_factory=dict)         # UmapConfig fields (n, pca_dim, ...)
     metrics: dict = field(default_factory=dict)      # MetricsConfig fields (extractor, ...)
     report: bool = True                              # render report.html from notebooks/report.ipynb
+
+
+SWEEP_SECTIONS = ("model", "train", "decoder_finetune")
+
+
+def _value_text(v) -> str:
+    """A sweep value as it appears in a variant name: 1e-06, 0.5, true, hog+pixels."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, float):
+        return f"{v:g}"
+    if isinstance(v, (list, tuple)):
+        return "+".join(map(_value_text, v)) or "none"
+    return str(v)
+
+
+def expand_sweep(name: str, raw: dict) -> dict[str, dict]:
+    """A tokenizer entry with `sweep:` -> one entry per setting (the product over keys), named NAME@key=value,...
+
+    Keys are `model.X`, `train.X`, `decoder_finetune.X` or a top-level field such as `size`; a name uses
+    the key's last part (`maetok@mask_ratio=0.5`). An entry without a sweep is returned as is.
+    """
+    sweep = raw.get("sweep") or {}
+    if not isinstance(sweep, dict):
+        raise LatentlabError(f"tokenizers.{name}.sweep must map keys to lists of values, e.g. "
+                             "{model.mask_ratio: [0.25, 0.5]}")
+    if not sweep:
+        return {name: {k: v for k, v in raw.items() if k != "sweep"}}
+    fields = {f.name for f in dataclasses.fields(TokenizerEntry)} - {"sweep", "arch", "baseline"}
+    for key, values in sweep.items():
+        head, _, tail = str(key).partition(".")
+        if (tail and head not in SWEEP_SECTIONS) or (not tail and head not in fields):
+            raise LatentlabError(f"tokenizers.{name}.sweep: cannot sweep {key!r}; use model.KEY, train.KEY, "
+                                 f"decoder_finetune.KEY or one of {', '.join(sorted(fields))}")
+        if not isinstance(values, list) or not values:
+            raise LatentlabError(f"tokenizers.{name}.sweep.{key} must be a non-empty list of values")
+    short = [str(k).rpartition(".")[2] for k in sweep]
+    labels = [s if short.count(s) == 1 else str(k) for s, k in zip(short, sweep)]
+    out = {}
+    for combo in itertools.product(*sweep.values()):
+        entry = copy.deepcopy({k: v for k, v in raw.items() if k != "sweep"})
+        for key, value in zip(sweep, combo):
+            head, _, tail = str(key).partition(".")
+            if tail:
+                section = entry.get(head) if isinstance(entry.get(head), dict) else {}
+                entry[head] = {**section, tail: value}
+            else:
+                entry[head] = value
+        variant = name + "@" + ",".join(f"{lab}={_value_text(v)}" for lab, v in zip(labels, combo))
+        if variant in out:
+            raise LatentlabError(f"tokenizers.{name}.sweep gives the variant {variant!r} twice; make the values distinct")
+        out[variant] = entry
+    return out
 
 
 def _entry(name: str, raw) -> TokenizerEntry:
@@ -85,12 +146,50 @@ def _entry(name: str, raw) -> TokenizerEntry:
         raise LatentlabError(f"tokenizer {name!r}: 'factory' and 'kwargs' belong to arch 'python'")
     if e.arch == "store" and not e.store:
         raise LatentlabError(f"tokenizer {name!r}: arch 'store' needs 'store: PATH' (a store set with train/ and test/)")
+    if e.baseline is None:
+        e.baseline = e.arch == "pixels"
     return e
 
 
 def plugin_spec(entry: TokenizerEntry) -> str:
     """The `python:` spec of an arch-python entry (what its stores and SiT runs record)."""
     return plugin_from_factory(entry.factory, entry.kwargs).spec
+
+
+def expand_entries(tokenizers: dict) -> dict[str, TokenizerEntry]:
+    """Validated entries of every tokenizer, sweeps expanded into their variants (in config order)."""
+    entries: dict[str, TokenizerEntry] = {}
+    for name, raw in tokenizers.items():
+        name = str(name)
+        if not isinstance(raw, dict):  # _entry says what a tokenizer entry needs
+            entries[name] = _entry(name, raw)
+            continue
+        for variant, sub in expand_sweep(name, raw).items():
+            if variant in entries:
+                raise LatentlabError(f"two tokenizers are named {variant!r}; rename one")
+            entries[variant] = _entry(variant, sub)
+    return entries
+
+
+def _check_study(cfg: StudyConfig, entries: dict[str, TokenizerEntry], sections: dict) -> None:
+    """seeds, primary and reference: well formed and naming what the study has."""
+    if isinstance(cfg.seeds, bool) or not isinstance(cfg.seeds, int) or cfg.seeds < 1:
+        raise LatentlabError(f"seeds must be a whole number >= 1, got {cfg.seeds!r}")
+    if cfg.reference is not None and cfg.reference not in entries:
+        raise LatentlabError(f"reference {cfg.reference!r} is not a tokenizer of the study; choose one of "
+                             f"{', '.join(entries)}")
+    if cfg.primary is None:
+        return
+    if not isinstance(cfg.primary, dict) or set(cfg.primary) != {"predictor", "target"}:
+        raise LatentlabError("primary must be {predictor: COLUMN, target: COLUMN}, e.g. "
+                             "{predictor: lp_top1, target: gfd_lenet}")
+    rfd, gfd = fd_column_names(sections["metrics"])
+    cols = study_metrics(list(sections["gmm"].components), rfd, gfd)
+    for key, roles in (("predictor", ("predictor", "quality")), ("target", ("target",))):
+        valid = [m.name for m in cols if m.role in roles]
+        if cfg.primary[key] not in valid:
+            raise LatentlabError(f"primary {key} {cfg.primary[key]!r} is not a {key} of this study; choose one of "
+                                 f"{', '.join(valid)}")
 
 
 def section_configs(cfg: StudyConfig) -> dict:
@@ -123,11 +222,17 @@ def load_study_config(source: str | os.PathLike | dict) -> tuple[StudyConfig, di
         raise LatentlabError("the study config needs 'tokenizers:', a mapping of names to tokenizer settings")
     if parse_spec(cfg.dataset)[0] not in DATASETS:
         raise LatentlabError(f"unknown dataset {cfg.dataset!r}; choose one of {', '.join(sorted(DATASETS))}")
-    entries = {str(name): _entry(str(name), raw) for name, raw in cfg.tokenizers.items()}
-    bad = [n for n in entries if n.startswith("_") or "/" in n or n in (".", "..")]
+    bad = [str(n) for n in cfg.tokenizers if str(n).startswith("_") or "/" in str(n) or "@" in str(n)
+           or str(n) in (".", "..")]
     if bad:
         raise LatentlabError(f"tokenizer name {bad[0]!r} is not allowed; use letters, digits, '-' and '_'")
+    entries = expand_entries(cfg.tokenizers)
+    bad = [n for n in entries if "/" in n or "\\" in n]
+    if bad:
+        raise LatentlabError(f"the sweep variant {bad[0]!r} would name a directory with a path separator; "
+                             "sweep settings that are not paths")
     sections = section_configs(cfg)  # validate every section now, before anything runs
+    _check_study(cfg, entries, sections)
     check_requirements(cfg, entries, sections)
     return cfg, entries
 

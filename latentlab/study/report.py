@@ -10,6 +10,7 @@ nbclient, with its parameters injected as the first cell, and writes HTML with n
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -17,13 +18,16 @@ from pathlib import Path
 
 import pandas as pd
 
-from latentlab.analysis.relate import correlations, metric_columns
+from latentlab.analysis.inference import MetricRuns, interval
+from latentlab.analysis.relate import correlations, predictor_columns
 from latentlab.errors import LatentlabError
 from latentlab.io import atomic_path, save_csv, save_json
-from latentlab.plots.sit import plot_heldout
-from latentlab.plots.study import plot_image_panels, plot_metrics_vs_target
+from latentlab.plots.study import (plot_comparisons, plot_curve_bands, plot_image_panels, plot_metrics_vs_target,
+                                   plot_nll_bands)
 from latentlab.study.cache import StageResult
-from latentlab.utils import warn
+from latentlab.study.columns import control_column, fd_column_names, study_metrics
+from latentlab.study.tables import collect_runs, comparisons_table, summary_table
+from latentlab.utils import derive_seed, warn
 
 NOTEBOOK_DIR = Path(__file__).resolve().parents[2] / "notebooks"
 
@@ -38,20 +42,24 @@ class StudyResults:
     correlations: pd.DataFrame
     figures: dict[str, Path] = field(default_factory=dict)
     tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    runs: pd.DataFrame = field(default_factory=pd.DataFrame)
+    comparisons: pd.DataFrame = field(default_factory=pd.DataFrame)
+    info: dict = field(default_factory=dict)      # analysis.json: baselines, reference, predictors, primary, ...
 
 
 FIGURES = {
-    "nll_vs_components": "NLL against the number of GMM components (MAETok Fig. 2a)",
-    "sit_loss_curves": "SiT held-out loss during training (MAETok Fig. 2b)",
+    "metrics_vs_gfid": "Each latent metric against generation quality (error bars: 95% intervals)",
+    "comparisons": "Each tokenizer minus the reference on the same held-out images (95% intervals)",
+    "nll_vs_components": "NLL against the number of GMM components (MAETok Fig. 2a; bands: 95% across seeds)",
+    "sit_loss_curves": "SiT held-out loss during training (MAETok Fig. 2b; bands: 95% across seeds)",
     "umap": "UMAP of each tokenizer's latents, coloured by class (MAETok Fig. 4)",
-    "metrics_vs_gfid": "Each latent metric against generation quality",
     "reconstructions": "Originals (top) against reconstructions, per tokenizer",
     "samples": "SiT samples decoded through each tokenizer",
 }
 
 
 def load_study(path: str | os.PathLike) -> StudyResults:
-    """Load summary.csv, correlations.csv, the other tables and the figures of a study directory."""
+    """Load runs.csv, summary.csv, comparisons.csv, correlations.csv, the other tables and the figures of a study."""
     path = Path(path)
     if not (path / "summary.csv").is_file():
         raise LatentlabError(f"{path} is not a finished study (no summary.csv); run `latentlab run STUDY.yaml --out {path}`")
@@ -60,14 +68,17 @@ def load_study(path: str | os.PathLike) -> StudyResults:
     corr = pd.read_csv(path / "correlations.csv") if (path / "correlations.csv").is_file() else pd.DataFrame()
     figures = {k: path / "figures" / f"{k}.png" for k in FIGURES if (path / "figures" / f"{k}.png").is_file()}
     tables = {p.stem: pd.read_csv(p) for p in sorted((path / "tables").glob("*.csv"))} if (path / "tables").is_dir() else {}
-    return StudyResults(path, config, summary, corr, figures, tables)
+    runs = pd.read_csv(path / "runs.csv") if (path / "runs.csv").is_file() else pd.DataFrame()
+    comparisons = pd.read_csv(path / "comparisons.csv") if (path / "comparisons.csv").is_file() else pd.DataFrame()
+    info = json.loads((path / "analysis.json").read_text()) if (path / "analysis.json").is_file() else {}
+    return StudyResults(path, config, summary, corr, figures, tables, runs, comparisons, info)
 
 
 def strongest_correlations(corr: pd.DataFrame, target: str, k: int = 5) -> pd.DataFrame:
-    """The `k` metrics with the largest |Spearman rho| against `target`."""
+    """The `k` exploratory predictors with the largest |Spearman rho| against `target`."""
     if corr.empty:
         return corr
-    sub = corr[corr["target"] == target].dropna(subset=["spearman"])
+    sub = corr[(corr["target"] == target) & ~corr["primary"].astype(bool)].dropna(subset=["spearman"])
     return sub.reindex(sub["spearman"].abs().sort_values(ascending=False).index).head(k)
 
 
@@ -104,104 +115,117 @@ def render_notebook(notebook: str | os.PathLike, out_html: str | os.PathLike, pa
 
 # ---------------------------------------------------------------- assembling a study's outputs
 
-PROBE_COLUMNS = {"top1": "lp_top1", "top5": "lp_top5", "knn_top1": "knn_top1", "silhouette": "silhouette",
-                 "calinski_harabasz": "calinski_harabasz", "davies_bouldin": "davies_bouldin",
-                 "fisher_ratio": "fisher_ratio", "rankme": "rankme"}
+def _fmt(v: float, spec: str = "+.2f") -> str:
+    return format(v, spec) if isinstance(v, (int, float)) and math.isfinite(v) else "n/a"
 
 
-def summary_columns(components: list[int], rmetric: str, gmetric: str) -> list[str]:
-    """The documented columns of summary.csv, in order (the first is the tokenizer name)."""
-    return (["tokenizer", "arch", "teacher", "psnr", "ssim", rmetric] + list(PROBE_COLUMNS.values())
-            + ["pca_dim", "explained_variance"]
-            + [f"gmm_nll_k{k}" for k in components] + [f"gmm_nll_per_dim_k{k}" for k in components]
-            + ["sit_loss", "sit_loss_curve", gmetric])
+def primary_sentence(corr: pd.DataFrame) -> str:
+    """The study's declared hypothesis and its result in one sentence: estimate, interval, p and n."""
+    rows = corr[corr["primary"].astype(bool)] if len(corr) and "primary" in corr else corr.iloc[0:0]
+    if rows.empty:
+        return ("No primary hypothesis was declared (set `primary: {predictor: ..., target: ...}` in the study "
+                "config): every correlation below is exploratory.")
+    r = rows.iloc[0]
+    return (f"Primary hypothesis, {r.predictor} against {r.target}: Spearman rho = {_fmt(r.spearman)} "
+            f"[95% interval {_fmt(r.spearman_lo)}, {_fmt(r.spearman_hi)}], p = {_fmt(r.p_exact, '.3g')} "
+            f"({r.p_method or 'no test'}), n = {int(r.n)} tokenizers (baselines excluded).")
 
 
-def fd_column_names(metrics_cfg) -> tuple[str, str]:
-    """(reconstruction, generation) FD column names for the study's extractor: rfid/gfid only for Inception."""
-    name = metrics_cfg.extractor.split(":")[0]
-    base = "fid" if name == "inception" else f"fd_{name}"
-    return "r" + base, "g" + base
+def curve_bands(curves: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
+    """Per tokenizer and step, the mean held-out SiT loss over seeds with its across-seed bootstrap interval."""
+    rows = []
+    mean = curves[curves.t.astype(str) == "mean"]
+    for (name, stp), g in mean.groupby(["tokenizer", "step"], sort=False):
+        runs = MetricRuns.set_level(g["loss"].to_numpy())
+        est, lo, hi = interval(runs, rng=derive_seed(seed, name, int(stp), "curve"))
+        rows.append({"tokenizer": name, "step": int(stp), "loss": est, "loss_lo": lo, "loss_hi": hi, "seeds": len(g)})
+    return pd.DataFrame(rows, columns=["tokenizer", "step", "loss", "loss_lo", "loss_hi", "seeds"])
 
 
-def _sit_curve(stage: StageResult) -> pd.DataFrame | None:
-    path = stage.file(stage.result.get("curve", ""))
-    return pd.read_csv(path) if path.is_file() else None
+def _notes(reps: list[dict[str, StageResult]]) -> str | None:
+    """What a tokenizer's eval and gfid stages skipped, and why (e.g. no decode()), once each."""
+    notes = [r[s].result["note"] for r in reps for s in ("eval", "gfid") if r[s].result.get("note")]
+    return "; ".join(dict.fromkeys(notes)) or None
 
 
-def build_outputs(ctx, done: dict[str, dict[str, StageResult]], gmm: StageResult, umap: StageResult,
+def _stage_tables(done: dict, gmms: list[StageResult]) -> dict[str, pd.DataFrame]:
+    """The per-stage tables of every run, with a replicate column."""
+    out: dict[str, list] = {"gmm": [], "probe": [], "recon": [], "generation": [], "sit_curves": []}
+    for r, g in enumerate(gmms):
+        out["gmm"].append(pd.read_csv(g.file("gmm.csv")).assign(replicate=r))
+    for name, reps in done.items():
+        for r, res in enumerate(reps):
+            out["probe"].append(pd.DataFrame([{**res["probe"].result.get("probe", {}), "replicate": r}]))
+            out["recon"].append(pd.DataFrame([{"tokenizer": name, "replicate": r, **res["eval"].result.get("row", {}),
+                                               "note": res["eval"].result.get("note")}]))
+            out["generation"].append(pd.DataFrame([{"tokenizer": name, "replicate": r, **res["gfid"].result.get("row", {}),
+                                                    "note": res["gfid"].result.get("note")}]))
+            curve = res["sit"].file(res["sit"].result.get("curve", ""))
+            if curve.is_file():
+                out["sit_curves"].append(pd.read_csv(curve).assign(tokenizer=name, replicate=r))
+    tables = {k: pd.concat(v, ignore_index=True) for k, v in out.items() if v}
+    if "sit_curves" in tables:
+        tables["sit_curves"] = tables["sit_curves"][["tokenizer", "replicate", "step", "t", "loss"]]
+    return tables
+
+
+def build_outputs(ctx, done: dict[str, list[dict[str, StageResult]]], gmms: list[StageResult], umap: StageResult,
                   work: Path) -> dict:
-    """Write summary.csv, correlations.csv, tables/, figures/ (and report.html) into `work`."""
+    """Write runs.csv, summary.csv, comparisons.csv, correlations.csv, tables/, figures/ (and report.html)."""
     components = list(ctx.sections["gmm"].components)
     rmetric, gmetric = fd_column_names(ctx.sections["metrics"])
+    metrics = study_metrics(components, rmetric, gmetric)
     tables, figures = work / "tables", work / "figures"
     tables.mkdir()
     figures.mkdir()
-
-    gmm_table = pd.read_csv(gmm.file("gmm.csv"))
-    rows, curves, probe_rows, recon_rows, gfd_rows = [], {}, [], [], []
-    for name, res in done.items():
-        tok = res["tokenizer"].result
-        row: dict = {"tokenizer": name, "arch": ctx.entries[name].arch, "teacher": tok.get("teacher")}
-        row.update({k: float(v) if v == "inf" else v
-                    for k, v in res["eval"].result.get("row", {}).items() if k in ("psnr", "ssim", rmetric)})
-        notes = [r.result["note"] for r in (res["eval"], res["gfid"]) if r.result.get("note")]
-        recon_rows.append({"tokenizer": name, **res["eval"].result.get("row", {}), "note": res["eval"].result.get("note")})
-        pr = res["probe"].result["row"]
-        probe_rows.append(pr)
-        row.update({new: pr.get(old) for old, new in PROBE_COLUMNS.items()})
-        g = gmm_table[gmm_table.tokenizer == name]
-        if len(g):
-            row["pca_dim"] = int(g.pca_dim.iloc[0])
-            row["explained_variance"] = float(g.explained_variance.iloc[0])
-            for _, r in g.iterrows():
-                row[f"gmm_nll_k{int(r.n_components)}"] = float(r.heldout_nll)
-                row[f"gmm_nll_per_dim_k{int(r.n_components)}"] = float(r.nll_per_dim)
-        curve = _sit_curve(res["sit"])
-        if curve is not None:
-            curves[name] = curve
-            mean = curve[curve.t.astype(str) == "mean"].sort_values("step")
-            row["sit_loss"] = float(mean.loss.iloc[-1]) if len(mean) else None
-            row["sit_loss_curve"] = json.dumps([[int(s), round(float(v), 6)] for s, v in zip(mean.step, mean.loss)])
-        gr = res["gfid"].result.get("row", {})
-        gfd_rows.append({"tokenizer": name, **gr, "note": res["gfid"].result.get("note")})
-        row.update(gr)
-        row["note"] = "; ".join(notes) or None
-        rows.append(row)
-
-    cols = summary_columns(components, rmetric, gmetric)
-    summary = pd.DataFrame(rows)
-    extra = [c for c in summary.columns if c not in cols]
-    summary = summary.reindex(columns=cols + extra)
-    targets = [c for c in ("sit_loss", gmetric) if c in summary]
-    corr = correlations(summary, targets)
+    info = {name: {"arch": e.arch, "baseline": bool(e.baseline),
+                   "teacher": done[name][0]["tokenizer"].result.get("teacher"), "note": _notes(done[name])}
+            for name, e in ctx.entries.items()}
+    values = collect_runs(done, gmms, metrics, info)
+    summary, draws = summary_table(values, metrics, info, ctx.cfg.seed)
+    baselines = [n for n, e in ctx.entries.items() if e.baseline]
+    reference = ctx.cfg.reference or next((n for n in ctx.entries if n not in baselines), next(iter(ctx.entries)))
+    comparisons = comparisons_table(values, reference, metrics, info, ctx.cfg.seed)
+    targets = [m.name for m in metrics if m.role == "target" and m.name in summary]
+    candidates = [m.name for m in metrics if m.role in ("predictor", "quality")]
+    predictors, dropped = predictor_columns(summary, candidates, "baseline")
+    primary = (ctx.cfg.primary["predictor"], ctx.cfg.primary["target"]) if ctx.cfg.primary else None
+    corr = correlations(summary, predictors, targets, draws, "baseline", primary, control_column(rmetric),
+                        seed=ctx.cfg.seed)
+    corr = pd.concat([corr[corr.primary.astype(bool)], corr[~corr.primary.astype(bool)]], ignore_index=True)
+    save_csv(values.runs, work / "runs.csv")
     save_csv(summary, work / "summary.csv")
+    save_csv(comparisons, work / "comparisons.csv")
     save_csv(corr, work / "correlations.csv")
-    save_csv(gmm_table, tables / "gmm.csv")
-    save_csv(pd.DataFrame(probe_rows), tables / "probe.csv")
-    save_csv(pd.DataFrame(recon_rows), tables / "recon.csv")
-    save_csv(pd.DataFrame(gfd_rows), tables / "generation.csv")
-    if curves:
-        save_csv(pd.concat([c.assign(tokenizer=n) for n, c in curves.items()], ignore_index=True)
-                 [["tokenizer", "step", "t", "loss"]], tables / "sit_curves.csv")
-        plot_heldout(curves, figures / "sit_loss_curves.png")
-    shutil.copyfile(gmm.file("nll_vs_components.png"), figures / "nll_vs_components.png")
-    shutil.copyfile(umap.file("umap.png"), figures / "umap.png")
+    stage_tables = _stage_tables(done, gmms)
+    for name, table in stage_tables.items():
+        save_csv(table, tables / f"{name}.csv")
     save_csv(pd.read_csv(umap.file("umap.csv")), tables / "umap.csv")
-    target = gmetric if summary[gmetric].notna().any() else "sit_loss"
-    plot_metrics_vs_target(summary, metric_columns(summary, targets), target, figures / "metrics_vs_gfid.png", corr)
-    recon = {n: r["eval"].file("recon_grid.png") for n, r in done.items() if r["eval"].file("recon_grid.png").is_file()}
+    if "sit_curves" in stage_tables:
+        bands = curve_bands(stage_tables["sit_curves"], ctx.cfg.seed)
+        save_csv(bands, tables / "sit_curve_bands.csv")
+        plot_curve_bands(bands, summary, figures / "sit_loss_curves.png")
+    plot_nll_bands(summary, components, sorted(set(stage_tables["gmm"]["pca_dim"].astype(int))),
+                   figures / "nll_vs_components.png")
+    shutil.copyfile(umap.file("umap.png"), figures / "umap.png")
+    target = gmetric if gmetric in summary and summary[gmetric].notna().any() else "sit_loss"
+    plot_metrics_vs_target(summary, predictors, target, figures / "metrics_vs_gfid.png", corr)
+    plot_comparisons(comparisons, figures / "comparisons.png")
+    first = {n: reps[0] for n, reps in done.items()}
+    recon = {n: r["eval"].file("recon_grid.png") for n, r in first.items() if r["eval"].file("recon_grid.png").is_file()}
     plot_image_panels(recon, figures / "reconstructions.png")
-    samples = {n: r["sample"].file("samples/grid.png") for n, r in done.items()
+    samples = {n: r["sample"].file("samples/grid.png") for n, r in first.items()
                if r["sample"].file("samples/grid.png").is_file()}
     plot_image_panels(samples, figures / "samples.png", "SiT samples")
-    save_json({"dataset": ctx.cfg.dataset, "tokenizers": list(done), "components": components,
-               "targets": targets}, work / "study.json")
-    report = None
-    if ctx.cfg.report:
-        report = render_report(work)
-    return {"summary": "summary.csv", "correlations": "correlations.csv", "report": report,
-            "columns": list(summary.columns)}
+    sentence = primary_sentence(corr)
+    save_json({"dataset": ctx.cfg.dataset, "tokenizers": list(done), "seeds": ctx.cfg.seeds, "components": components,
+               "baselines": baselines, "reference": reference, "targets": targets, "predictors": predictors,
+               "dropped_predictors": dropped, "primary": ctx.cfg.primary, "primary_result": sentence,
+               "partial_control": control_column(rmetric)}, work / "analysis.json")
+    report = render_report(work) if ctx.cfg.report else None
+    return {"runs": "runs.csv", "summary": "summary.csv", "comparisons": "comparisons.csv",
+            "correlations": "correlations.csv", "report": report, "columns": list(summary.columns),
+            "primary": sentence}
 
 
 def render_report(study_dir: Path) -> str | None:

@@ -1,6 +1,6 @@
 """A whole study from one YAML: `latentlab run study.yaml --out STUDY_DIR`.
 
-For each tokenizer of the config, in order::
+For each replicate r = 0 .. seeds-1 and each tokenizer of the config (sweeps expanded into variants)::
 
     tokenizer  train it (or: pixels / a pretrained tokenizer / an existing store: nothing to train)
     eval       PSNR, SSIM and rFD/rFID on the test split                 (latentlab.metrics)
@@ -10,11 +10,13 @@ For each tokenizer of the config, in order::
     sample     SiT samples decoded through the tokenizer                 (latentlab.sit.sample)
     gfid       FD of the samples against the train split                 (latentlab.metrics)
 
-and for the study as a whole (owner ``_study``): ``gmm`` (NLL against components in one
-common PCA dimension, so it needs every tokenizer), ``umap`` (one panel per tokenizer) and
-``relate`` (summary.csv, correlations.csv, figures, report.html). Every stage is cached in
-``STUDY_DIR/<owner>/<stage>/`` and skipped while the hash of its config and inputs is unchanged
-(`latentlab.study.cache`); a killed run, started again, redoes only what did not finish.
+and for the study as a whole (owner ``_study``): ``gmm`` per replicate (NLL against components in one
+common PCA dimension, so it needs every tokenizer of the replicate), ``umap`` (one panel per tokenizer,
+replicate 0) and ``relate`` (runs.csv, summary.csv, comparisons.csv, correlations.csv, figures,
+report.html). Every stage is cached in ``STUDY_DIR/<tokenizer>/seed-<r>/<stage>/`` (or
+``_study/...``) and skipped while the hash of its config and inputs is unchanged
+(`latentlab.study.cache`); a killed run, started again, redoes only what did not finish, and raising
+`seeds` runs only the new replicates (and the study-level tables).
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def run_study(config: str | os.PathLike | dict, out: str | os.PathLike) -> dict:
     log = StageLog()
     t0 = time.perf_counter()
     ctx = S.StudyContext(cfg, sections, out, log, entries)
-    total = len(entries) * len(TOKENIZER_STAGES) + 3
+    total = cfg.seeds * (len(entries) * len(TOKENIZER_STAGES) + 1) + 2
     bar = progress(total=total, desc="study", leave=True)
 
     def step(owner: str, stage: str, key, fn) -> StageResult:
@@ -71,15 +73,19 @@ def run_study(config: str | os.PathLike | dict, out: str | os.PathLike) -> dict:
         return res
 
     with _workspace(out / "workspace"):
-        done: dict[str, dict[str, StageResult]] = {}
-        for name, entry in entries.items():
-            done[name] = S.tokenizer_stages(ctx, name, entry, step)
-        gmm = S.gmm_stage(ctx, done, step)
-        umap = S.umap_stage(ctx, done, step)
-        relate = S.relate_stage(ctx, done, gmm, umap, step)
+        done: dict[str, list[dict[str, StageResult]]] = {name: [] for name in entries}
+        gmms = []
+        for r in range(cfg.seeds):
+            for name, entry in entries.items():
+                done[name].append(S.tokenizer_stages(ctx, name, entry, r, step))
+            gmms.append(S.gmm_stage(ctx, {n: reps[r] for n, reps in done.items()}, r, step))
+        umap = S.umap_stage(ctx, {n: reps[0] for n, reps in done.items()}, step)
+        relate = S.relate_stage(ctx, done, gmms, umap, step)
     bar.close()
     S.publish(relate, out)
-    summary = {"out": str(out), "summary": str(out / "summary.csv"), "correlations": str(out / "correlations.csv"),
+    summary = {"out": str(out), "runs": str(out / "runs.csv"), "summary": str(out / "summary.csv"),
+               "comparisons": str(out / "comparisons.csv"), "correlations": str(out / "correlations.csv"),
+               "primary": relate.result.get("primary"),
                "report": str(out / "report.html") if (out / "report.html").is_file() else None,
                "figures": sorted(str(p) for p in (out / "figures").glob("*.png")),
                "ran": log.ran(), "reused": log.reused(), "seconds": round(time.perf_counter() - t0, 1)}

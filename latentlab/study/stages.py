@@ -4,6 +4,18 @@ A stage function receives `(work_dir, resume)` from `latentlab.study.cache.run_s
 JSON-able result whose paths are relative to the stage directory. Keys hash the stage's own
 settings together with the hashes of the stages it reads, so a change anywhere reruns exactly
 what depends on it.
+
+Replicates: replicate r of tokenizer NAME lives in ``STUDY/NAME/seed-r/<stage>/`` and draws every
+random choice from `StudyContext.seed(r, NAME, stage)` (`utils.derive_seed` of the study seed, r, NAME
+and the stage), so replicate 0 is the same whatever `seeds` is, and raising `seeds` adds stages without
+touching the existing ones. A tokenizer with nothing to train (pixels, pretrained, store) has one
+tokenizer/eval/extract (replicate 0's), shared by its replicates.
+
+What a stage result gives the study tables (see `latentlab.study.columns`):
+  "row"         {column: value} of this run
+  "per_image"   {"file": CSV, "columns": {column: CSV column}}: one value per held-out image ("index")
+  "replicates"  {"file": CSV, "columns": {column: CSV column}}: within-run bootstrap replicates
+The study-level "gmm" stage of replicate r gives "rows": {tokenizer: {column: value}}.
 """
 
 from __future__ import annotations
@@ -25,13 +37,19 @@ from latentlab.metrics.evaluate import eval_tokenizer, fid
 from latentlab.sit.sample import sample
 from latentlab.sit.training import train_sit
 from latentlab.study.cache import StageLog, StageResult
+from latentlab.study.columns import fd_column_names
 from latentlab.study.config import plugin_spec
-from latentlab.study.report import build_outputs, fd_column_names
+from latentlab.study.report import build_outputs
+from latentlab.tokenizers.models import TOKENIZERS
 from latentlab.tokenizers.plugins import describe_plugin
 from latentlab.tokenizers.training import TokenizerRunConfig, train_tokenizer
+from latentlab.utils import derive_seed
 
 Step = Callable[[str, str, object, Callable[[Path, bool], dict]], StageResult]
 OWNER = "_study"
+PROBE_COLUMNS = {"top1": "lp_top1", "top5": "lp_top5", "knn_top1": "knn_top1", "silhouette": "silhouette",
+                 "calinski_harabasz": "calinski_harabasz", "davies_bouldin": "davies_bouldin",
+                 "fisher_ratio": "fisher_ratio", "rankme": "rankme"}
 
 
 @dataclass
@@ -44,13 +62,27 @@ class StudyContext:
 
     def section(self, name: str) -> dict:
         """A section's config as a plain dict (for hashing)."""
-        return json.loads(json.dumps(dataclasses.asdict(self.sections[name]), default=str))
+        return plain(self.sections[name])
+
+    def seed(self, replicate: int, owner: str, stage: str) -> int:
+        """The seed of one stage of one replicate: derive_seed(study seed, replicate, owner, stage)."""
+        return derive_seed(self.cfg.seed, replicate, owner, stage)
+
+
+def plain(cfg) -> dict:
+    """A dataclass config as a plain JSON-able dict (for stage keys)."""
+    return json.loads(json.dumps(dataclasses.asdict(cfg), default=str))
+
+
+def replicate_dir(name: str, replicate: int) -> str:
+    """The owner directory of one replicate: NAME/seed-R."""
+    return f"{name}/seed-{replicate}"
 
 
 # ---------------------------------------------------------------- per-tokenizer stages
 
-def _train_tokenizer(ctx: StudyContext, entry, work: Path, resume: bool) -> dict:
-    train = {"seed": ctx.cfg.seed, "device": ctx.cfg.device, **entry.train}
+def _train_tokenizer(ctx: StudyContext, name: str, entry, r: int, work: Path, resume: bool) -> dict:
+    train = {"seed": ctx.seed(r, name, "tokenizer"), "device": ctx.cfg.device, **entry.train}
     run_cfg = TokenizerRunConfig(arch=entry.arch, size=entry.size, dataset=ctx.cfg.dataset, model=dict(entry.model),
                                  train=train)
     first = work / ("run" if entry.decoder_finetune is None else "encoder-run")
@@ -58,7 +90,7 @@ def _train_tokenizer(ctx: StudyContext, entry, work: Path, resume: bool) -> dict
     result = {"run": first.name, "psnr": summary.get("psnr"), "teacher": summary.get("teacher"),
               "params": summary.get("params"), "latent_shape": summary.get("latent_shape")}
     if entry.decoder_finetune is not None:
-        ft_train = {"seed": ctx.cfg.seed, "device": ctx.cfg.device, **entry.decoder_finetune}
+        ft_train = {"seed": ctx.seed(r, name, "decoder-finetune"), "device": ctx.cfg.device, **entry.decoder_finetune}
         ft = TokenizerRunConfig(arch=entry.arch, size=entry.size, dataset=ctx.cfg.dataset, stage="decoder-finetune",
                                 init=str(first), train=ft_train)
         s2 = train_tokenizer(ft, work / "run", resume=resume and (work / "run" / "config.json").is_file())
@@ -66,10 +98,15 @@ def _train_tokenizer(ctx: StudyContext, entry, work: Path, resume: bool) -> dict
     return result
 
 
-def tokenizer_stages(ctx: StudyContext, name: str, entry, step: Step) -> dict[str, StageResult]:
-    """tokenizer -> eval -> extract -> probe -> sit -> sample -> gfid for one tokenizer."""
+def tokenizer_stages(ctx: StudyContext, name: str, entry, r: int, step: Step) -> dict[str, StageResult]:
+    """tokenizer -> eval -> extract -> probe -> sit -> sample -> gfid for replicate `r` of one tokenizer."""
     cfg, arch = ctx.cfg, entry.arch
-    base = {"entry": dataclasses.asdict(entry), "dataset": cfg.dataset, "seed": cfg.seed, "version": 1}
+    trained = arch in TOKENIZERS
+    own = replicate_dir(name, r)
+    fixed = own if trained else replicate_dir(name, 0)  # nothing to train: every replicate shares replicate 0's
+    entry_key = {k: v for k, v in dataclasses.asdict(entry).items() if k != "sweep"}
+    base = {"entry": entry_key, "dataset": cfg.dataset, "version": 2,
+            "seed": ctx.seed(r, name, "tokenizer") if trained else None}
     if arch == "store":
         base["store_hash"] = file_hash(Path(entry.store) / "train" / "manifest.json")
     if arch == "python":  # editing the plug-in's module (or a checkpoint its kwargs name) reruns its stages
@@ -88,9 +125,9 @@ def tokenizer_stages(ctx: StudyContext, name: str, entry, step: Step) -> dict[st
             spec = entry.pretrained if arch == "pretrained" else plugin_spec(entry)
             _, info = open_tokenizer(spec, device="cpu")
             return {"run": None, "spec": spec, "kind": arch, "decodes": info["decodes"]}
-        return {**_train_tokenizer(ctx, entry, work, resume), "kind": "trained"}
+        return {**_train_tokenizer(ctx, name, entry, r, work, resume), "kind": "trained"}
 
-    res["tokenizer"] = step(name, "tokenizer", base, tok_fn)
+    res["tokenizer"] = step(fixed, "tokenizer", base, tok_fn)
     tok = res["tokenizer"]
     spec = (str(tok.file(tok.result["run"])) if tok.result.get("run") else tok.result.get("spec"))
 
@@ -105,9 +142,10 @@ def tokenizer_stages(ctx: StudyContext, name: str, entry, step: Step) -> dict[st
         s = eval_tokenizer(spec, ctx.sections["metrics"], out=work, dataset=cfg.dataset, split="test")
         return {"row": {"psnr": s["psnr"], "ssim": s["ssim"], s["metric"]: s[s["metric"]],
                         "extractor_test_accuracy": s["extractor"].get("test_accuracy")},
+                "per_image": {"file": "recon_images.csv", "columns": {"psnr": "psnr", "ssim": "ssim"}},
                 "figure": "recon_grid.png"}
 
-    res["eval"] = step(name, "eval", {"up": tok.hash, "metrics": ctx.section("metrics")}, eval_fn)
+    res["eval"] = step(fixed, "eval", {"up": tok.hash, "metrics": ctx.section("metrics")}, eval_fn)
 
     def extract_fn(work: Path, resume: bool) -> dict:
         if arch == "pixels":
@@ -124,42 +162,60 @@ def tokenizer_stages(ctx: StudyContext, name: str, entry, step: Step) -> dict[st
         tr = LatentStore.open(work / "latents" / "train")
         return {"latents": "latents", "sample_shape": list(tr.sample_shape), "n_train": len(tr)}
 
-    res["extract"] = step(name, "extract", {"up": tok.hash}, extract_fn)
+    res["extract"] = step(fixed, "extract", {"up": tok.hash}, extract_fn)
     lat = latents_of(name, res["extract"])
 
-    def probe_fn(work: Path, resume: bool) -> dict:
-        s = run_probe([lat], work, ctx.sections["probe"])
-        return {"row": s["rows"][0], "csv": "probe.csv"}
+    probe_cfg = ctx.sections["probe"]
+    probe_cfg = dataclasses.replace(probe_cfg, probe=dataclasses.replace(probe_cfg.probe, seed=ctx.seed(r, name, "probe")))
 
-    res["probe"] = step(name, "probe", {"up": res["extract"].hash, "probe": ctx.section("probe")}, probe_fn)
+    def probe_fn(work: Path, resume: bool) -> dict:
+        s = run_probe([lat], work, probe_cfg)
+        raw = s["rows"][0]
+        return {"row": {new: raw.get(old) for old, new in PROBE_COLUMNS.items()}, "probe": raw, "csv": "probe.csv",
+                "per_image": {"file": "probe_images.csv",
+                              "columns": {c: c for c in ("lp_top1", "lp_top5", "knn_top1")}}}
+
+    res["probe"] = step(own, "probe", {"up": res["extract"].hash, "probe": plain(probe_cfg)}, probe_fn)
+
+    sit_cfg = ctx.sections["sit"]
+    sit_cfg = dataclasses.replace(sit_cfg, train={**sit_cfg.train, "seed": ctx.seed(r, name, "sit")})
 
     def sit_fn(work: Path, resume: bool) -> dict:
         spec_arg = f"{name}={res['extract'].file('latents')}"
-        s = train_sit(spec_arg, work / "run", ctx.sections["sit"], resume=resume and (work / "run" / "config.json").is_file(),
+        s = train_sit(spec_arg, work / "run", sit_cfg, resume=resume and (work / "run" / "config.json").is_file(),
                       dataset=cfg.dataset)
-        return {"run": "run", "heldout_loss": s.get("heldout_loss"), "curve": "run/heldout_loss.csv"}
+        return {"run": "run", "heldout_loss": s.get("heldout_loss"), "curve": "run/heldout_loss.csv",
+                "row": {"sit_loss": s.get("heldout_loss")},
+                "per_image": {"file": "run/heldout_images.csv", "columns": {"sit_loss": "loss"}}}
 
-    res["sit"] = step(name, "sit", {"up": res["extract"].hash, "sit": ctx.section("sit")}, sit_fn)
+    res["sit"] = step(own, "sit", {"up": res["extract"].hash, "sit": plain(sit_cfg)}, sit_fn)
+
+    sample_cfg = dataclasses.replace(ctx.sections["sample"], seed=ctx.seed(r, name, "sample"))
 
     def sample_fn(work: Path, resume: bool) -> dict:
-        s = sample(res["sit"].file("run"), work / "samples", ctx.sections["sample"])
+        s = sample(res["sit"].file("run"), work / "samples", sample_cfg)
         return {"samples": "samples", "decoded": s["decoded"], "n": s["n"],
                 "grid": "samples/grid.png" if s["decoded"] else None, "skipped_decoding": s.get("skipped_decoding")}
 
-    res["sample"] = step(name, "sample", {"up": res["sit"].hash, "sample": ctx.section("sample")}, sample_fn)
+    res["sample"] = step(own, "sample", {"up": res["sit"].hash, "sample": plain(sample_cfg)}, sample_fn)
+
+    metrics_cfg = dataclasses.replace(ctx.sections["metrics"], seed=ctx.seed(r, name, "gfid"))
 
     def gfid_fn(work: Path, resume: bool) -> dict:
         if not res["sample"].result.get("decoded"):
             why = res["sample"].result.get("skipped_decoding") or "samples were not decoded"
             return {"row": {}, "note": f"gFD skipped: {why}"}
-        s = fid(f"{cfg.dataset}:train", str(res["sample"].file("samples/images.npz")), ctx.sections["metrics"], out=work)
+        s = fid(f"{cfg.dataset}:train", str(res["sample"].file("samples/images.npz")), metrics_cfg, out=work)
         metric = s["metric"]
         row = {"g" + metric: s[metric]}
         is_name = s["extractor"].get("is_metric")
         row.update({k: v for k, v in s.items() if is_name and k.startswith(is_name) and isinstance(v, float)})
-        return {"row": row}
+        out = {"row": row}
+        if (work / "fd_bootstrap.csv").is_file():
+            out["replicates"] = {"file": "fd_bootstrap.csv", "columns": {"g" + metric: metric}}
+        return out
 
-    res["gfid"] = step(name, "gfid", {"up": res["sample"].hash, "metrics": ctx.section("metrics")}, gfid_fn)
+    res["gfid"] = step(own, "gfid", {"up": res["sample"].hash, "metrics": plain(metrics_cfg)}, gfid_fn)
     return res
 
 
@@ -176,19 +232,27 @@ def _all(done: dict, stage: str) -> dict:
     return {name: res[stage].hash for name, res in done.items()}
 
 
-def gmm_stage(ctx: StudyContext, done: dict, step: Step) -> StageResult:
-    """NLL against components for every tokenizer, in one common PCA dimension."""
+def gmm_stage(ctx: StudyContext, done: dict[str, dict[str, StageResult]], r: int, step: Step) -> StageResult:
+    """NLL against components for every tokenizer of replicate r, in one common PCA dimension."""
+    gmm_cfg = dataclasses.replace(ctx.sections["gmm"], seed=ctx.seed(r, OWNER, "gmm"))
+
     def fn(work: Path, resume: bool) -> dict:
-        toks = [latents_of(n, r["extract"]) for n, r in done.items()]
-        res = fit_gmm_curves(toks, ctx.sections["gmm"], out=work)
-        return {"csv": "gmm.csv", "figure": "nll_vs_components.png",
-                "pca_dim": int(res.table["pca_dim"].iloc[0])}
+        toks = [latents_of(n, res["extract"]) for n, res in done.items()]
+        table = fit_gmm_curves(toks, gmm_cfg, out=work).table
+        rows: dict[str, dict] = {}
+        for _, g in table.iterrows():
+            row = rows.setdefault(str(g.tokenizer), {"pca_dim": int(g.pca_dim),
+                                                     "explained_variance": float(g.explained_variance)})
+            row[f"gmm_nll_k{int(g.n_components)}"] = float(g.heldout_nll)
+            row[f"gmm_nll_per_dim_k{int(g.n_components)}"] = float(g.nll_per_dim)
+        return {"csv": "gmm.csv", "figure": "nll_vs_components.png", "pca_dim": int(table["pca_dim"].iloc[0]),
+                "rows": rows}
 
-    return step(OWNER, "gmm", {"up": _all(done, "extract"), "gmm": ctx.section("gmm")}, fn)
+    return step(f"{OWNER}/seed-{r}", "gmm", {"up": _all(done, "extract"), "gmm": plain(gmm_cfg)}, fn)
 
 
-def umap_stage(ctx: StudyContext, done: dict, step: Step) -> StageResult:
-    """One UMAP panel per tokenizer."""
+def umap_stage(ctx: StudyContext, done: dict[str, dict[str, StageResult]], step: Step) -> StageResult:
+    """One UMAP panel per tokenizer (replicate 0: a picture, not a measurement)."""
     def fn(work: Path, resume: bool) -> dict:
         run_umap([latents_of(n, r["extract"]) for n, r in done.items()], work, ctx.sections["umap"])
         return {"csv": "umap.csv", "figure": "umap.png"}
@@ -196,14 +260,18 @@ def umap_stage(ctx: StudyContext, done: dict, step: Step) -> StageResult:
     return step(OWNER, "umap", {"up": _all(done, "extract"), "umap": ctx.section("umap")}, fn)
 
 
-def relate_stage(ctx: StudyContext, done: dict, gmm: StageResult, umap: StageResult, step: Step) -> StageResult:
-    """summary.csv, correlations.csv, tables/, figures/ and report.html."""
-    key = {"up": {n: {s: r.hash for s, r in res.items()} for n, res in done.items()},
-           "gmm": gmm.hash, "umap": umap.hash, "report": bool(ctx.cfg.report), "version": 2}
-    return step(OWNER, "relate", key, lambda work, resume: build_outputs(ctx, done, gmm, umap, work))
+def relate_stage(ctx: StudyContext, done: dict[str, list[dict[str, StageResult]]], gmms: list[StageResult],
+                 umap: StageResult, step: Step) -> StageResult:
+    """runs.csv, summary.csv, comparisons.csv, correlations.csv, tables/, figures/ and report.html."""
+    key = {"up": {n: [{s: r.hash for s, r in rep.items()} for rep in reps] for n, reps in done.items()},
+           "gmm": [g.hash for g in gmms], "umap": umap.hash, "report": bool(ctx.cfg.report),
+           "primary": ctx.cfg.primary, "reference": ctx.cfg.reference,
+           "baseline": {n: e.baseline for n, e in ctx.entries.items()}, "version": 2}
+    return step(OWNER, "relate", key, lambda work, resume: build_outputs(ctx, done, gmms, umap, work))
 
 
-PUBLISHED = ("summary.csv", "correlations.csv", "report.html", "tables", "figures")
+PUBLISHED = ("runs.csv", "summary.csv", "comparisons.csv", "correlations.csv", "analysis.json", "report.html", "tables",
+             "figures")
 
 
 def publish(relate: StageResult, out: Path) -> None:

@@ -47,6 +47,7 @@ class TokenizerConfig:
     mask: bool = True                  # maetok: random masking of patch embeddings
     mask_min: float = 0.4
     mask_max: float = 0.6
+    mask_ratio: float | None = None    # maetok: one fixed ratio (sets mask_min = mask_max = mask_ratio)
     learnable_tokens: bool = True      # maetok ablation: False = latents pooled from the image (patch) tokens
     aux_targets: list[str] = field(default_factory=lambda: ["hog"])  # maetok auxiliary decoders
     aux_depth: int = 1
@@ -60,6 +61,8 @@ class TokenizerConfig:
             raise ValueError(f"unknown size {self.size!r}; choose one of {', '.join(SIZES)}")
         if self.stage not in STAGES:
             raise ValueError(f"unknown stage {self.stage!r}; choose one of {', '.join(STAGES)}")
+        if self.mask_ratio is not None:
+            self.mask_min = self.mask_max = float(self.mask_ratio)
         if not 0.0 <= self.mask_min <= self.mask_max < 1.0:
             raise ValueError("need 0 <= mask_min <= mask_max < 1")
         self.aux_targets = list(self.aux_targets)

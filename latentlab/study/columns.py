@@ -1,0 +1,82 @@
+"""The study's metric columns: the ONE list of what a study measures, where it comes from and how it is counted.
+
+To add a metric to every study: have its stage return the value in ``result["row"]`` (and, for a per-image
+metric, name its per-image CSV column in ``result["per_image"]``; for a set-level one with within-run
+bootstrap replicates, in ``result["replicates"]``), then add one `MetricColumn` to `METRICS`. It then
+appears in runs.csv (every run), summary.csv (mean with M_lo, M_hi), comparisons.csv (per-image ones, as
+paired differences against the reference) and, as a predictor or target, in correlations.csv.
+
+kind
+    "per-image": the run's value is the mean of one value per held-out image; its interval resamples seeds,
+    then images within each seed, and two tokenizers are compared image by image.
+    "set": one value per run (gFD, GMM NLL, RankMe, ...); its interval resamples seeds, and within a run
+    the stage's bootstrap replicates when it has them (gFD: the generated samples' features).
+role
+    "predictor": a property of the latent space, correlated with every target.
+    "target": what the latent space should make easy (SiT loss, generation quality).
+    "quality": reconstruction quality; correlated like a predictor, and `CONTROL` is the partial control.
+    "derived": reported but never correlated (a copy of another column, e.g. NLL per dimension).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+KINDS = ("per-image", "set")
+ROLES = ("predictor", "target", "quality", "derived")
+
+
+@dataclass(frozen=True)
+class MetricColumn:
+    """One metric column of runs.csv / summary.csv."""
+
+    name: str      # the column; "{rfd}" / "{gfd}" become the extractor's FD names, "{K}" each GMM component count
+    stage: str     # the stage whose result holds it (a per-tokenizer stage, or "gmm")
+    kind: str      # "per-image" | "set"
+    role: str      # "predictor" | "target" | "quality" | "derived"
+    doc: str
+
+
+METRICS: tuple[MetricColumn, ...] = (
+    MetricColumn("psnr", "eval", "per-image", "quality", "PSNR of the test reconstructions (dB)"),
+    MetricColumn("ssim", "eval", "per-image", "quality", "SSIM of the test reconstructions"),
+    MetricColumn("{rfd}", "eval", "set", "quality", "FD between test reconstructions and originals"),
+    MetricColumn("lp_top1", "probe", "per-image", "predictor", "linear-probe top-1 accuracy on the test split"),
+    MetricColumn("lp_top5", "probe", "per-image", "predictor", "linear-probe top-5 accuracy (NaN with <= 5 classes)"),
+    MetricColumn("knn_top1", "probe", "per-image", "predictor", "weighted kNN top-1 accuracy on the test split"),
+    MetricColumn("silhouette", "probe", "set", "predictor", "silhouette score of the class labels"),
+    MetricColumn("calinski_harabasz", "probe", "set", "predictor", "Calinski-Harabasz score of the class labels"),
+    MetricColumn("davies_bouldin", "probe", "set", "predictor", "Davies-Bouldin score of the class labels"),
+    MetricColumn("fisher_ratio", "probe", "set", "predictor", "Fisher ratio tr(S_B) / tr(S_W)"),
+    MetricColumn("rankme", "probe", "set", "predictor", "RankMe effective rank"),
+    MetricColumn("explained_variance", "gmm", "set", "predictor", "variance explained by the common PCA dimension"),
+    MetricColumn("gmm_nll_k{K}", "gmm", "set", "predictor", "held-out GMM NLL with K components (nats per sample)"),
+    MetricColumn("gmm_nll_per_dim_k{K}", "gmm", "set", "derived", "gmm_nll_k{K} / pca_dim: the same test again"),
+    MetricColumn("sit_loss", "sit", "per-image", "target", "SiT held-out loss of the final EMA model"),
+    MetricColumn("{gfd}", "gfid", "set", "target", "FD of decoded SiT samples against the train split"),
+)
+CONTROL = "{rfd}"  # correlations.csv's spearman_partial controls for reconstruction quality
+
+
+def study_metrics(components: list[int], rfd: str, gfd: str) -> list[MetricColumn]:
+    """METRICS with the templates filled in for one study (its GMM components and FD names), in order."""
+    out = []
+    for m in METRICS:
+        name = m.name.replace("{rfd}", rfd).replace("{gfd}", gfd)
+        ks = components if "{K}" in name else [None]
+        out += [replace(m, name=name.replace("{K}", str(k)), doc=m.doc.replace("{K}", str(k)))
+                if k is not None else replace(m, name=name) for k in ks]
+    return out
+
+
+def fd_column_names(metrics_cfg) -> tuple[str, str]:
+    """(reconstruction, generation) FD column names for the study's extractor: rfid/gfid only for Inception."""
+    name = metrics_cfg.extractor.split(":")[0]
+    base = "fid" if name == "inception" else f"fd_{name}"
+    return "r" + base, "g" + base
+
+
+def control_column(rfd: str) -> str:
+    """The column that spearman_partial controls for."""
+    return CONTROL.replace("{rfd}", rfd)
+
