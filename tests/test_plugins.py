@@ -227,7 +227,7 @@ def test_study_with_plug_ins(example_ckpt, plugins, shared_workspace, tmp_path, 
     assert "no decode" in df.loc["tok", "note"] and "gFD skipped" in df.loc["tok", "note"]
     recon = pd.read_csv(tmp_path / "s" / "tables" / "recon.csv").set_index("tokenizer")
     assert "reconstruction skipped" in recon.loc["tok", "note"]
-    assert json.loads((tmp_path / "s" / "tok" / "tokenizer" / "stage.json").read_text())["result"]["decodes"] is False
+    assert json.loads((tmp_path / "s" / "tok" / "seed-0" / "tokenizer" / "stage.json").read_text())["result"]["decodes"] is False
     with pytest.raises(LatentlabError, match="factory"):
         run_study({**cfg, "tokenizers": {"x": {"arch": "python"}}}, tmp_path / "t")
     with pytest.raises(LatentlabError, match="no callable"):
