@@ -230,3 +230,25 @@ def test_nonfinite_rows_are_counted(rng):
     X[3, 1], X[7, 0], X[7, 2] = np.nan, np.inf, -np.inf
     with pytest.raises(LatentlabError, match="2 of 50 input rows contain NaN or inf"):
         gm(2).fit(X)
+
+
+def test_sklearn_estimator_protocol_clone_pipeline_and_grid_search(rng):
+    """BaseEstimator + DensityMixin: parameters, clone, repr, pipelines and model selection by score."""
+    from sklearn.base import clone
+    from sklearn.model_selection import GridSearchCV
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    g = gm(3, covariance_type="diag", random_state=0)
+    c = clone(g)
+    assert c is not g and c.get_params() == g.get_params() and not hasattr(c, "means_")
+    assert " ".join(repr(g).split()) == "GaussianMixture(covariance_type='diag', device='cpu', n_components=3, random_state=0)"
+    assert g.set_params(max_iter=7).max_iter == 7 and g.__sklearn_tags__().estimator_type == "density_estimator"
+    with pytest.raises(ValueError, match="Invalid parameter"):
+        g.set_params(bogus=1)
+    X, _ = planted(rng, n=400, k=3)
+    pipe = make_pipeline(StandardScaler(), gm(3, random_state=0)).fit(X)
+    z = StandardScaler().fit_transform(X)
+    assert pipe.score(X) == pytest.approx(gm(3, random_state=0).fit(z).score(z), rel=1e-12)
+    search = GridSearchCV(gm(1, random_state=0), {"n_components": [1, 3]}, cv=2).fit(X)  # held-out log-likelihood
+    assert search.best_params_ == {"n_components": 3}

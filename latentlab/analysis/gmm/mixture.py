@@ -26,13 +26,13 @@ Differences from `sklearn.mixture.GaussianMixture` (everything else matches it, 
 
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, DensityMixin
 
 import latentlab.analysis.gmm._math as M
 from latentlab.analysis.gmm._math import ConvergenceWarning, GMMError, RegularisationWarning
@@ -68,8 +68,12 @@ def _rng(random_state) -> np.random.Generator:
 TIE_RTOL = 1e-6  # restarts whose lower bounds agree to this relative precision are ties
 
 
-class GaussianMixture:
-    """Gaussian mixture fitted by EM in torch; scikit-learn's parameters, methods and fitted attributes."""
+class GaussianMixture(DensityMixin, BaseEstimator):
+    """Gaussian mixture fitted by EM in torch; scikit-learn's parameters, methods and fitted attributes.
+
+    A scikit-learn estimator: `get_params`, `set_params`, `clone`, repr and pipelines come from
+    `BaseEstimator`, the density-estimator type from `DensityMixin`.
+    """
 
     def __init__(self, n_components: int = 1, *, covariance_type: str = "full", tol: float = 1e-3,
                  reg_covar: float = 1e-6, max_iter: int = 100, n_init: int = 1, init_params: str = "kmeans",
@@ -95,20 +99,6 @@ class GaussianMixture:
         self.reg_covar_max = reg_covar_max
         self.progress = progress
         self.compute_dtype = compute_dtype
-
-    def get_params(self, deep: bool = True) -> dict:
-        """The constructor parameters (sklearn's estimator protocol)."""
-        return {name: getattr(self, name) for name in inspect.signature(type(self).__init__).parameters
-                if name != "self"}
-
-    def set_params(self, **params) -> "GaussianMixture":
-        """Change constructor parameters; unknown names are an error."""
-        valid = self.get_params()
-        for name, value in params.items():
-            if name not in valid:
-                raise GMMError(f"unknown parameter {name!r} for GaussianMixture; valid: {', '.join(valid)}")
-            setattr(self, name, value)
-        return self
 
     # ------------------------------------------------------------ validation
     def _check_parameters(self) -> None:
@@ -370,7 +360,3 @@ class GaussianMixture:
         """Akaike information criterion on X (lower is better)."""
         n = len(indices) if indices is not None else len(X)
         return -2 * self.score(X, indices=indices) * n + 2 * self._n_parameters()
-
-    def __repr__(self) -> str:
-        return (f"GaussianMixture(n_components={self.n_components}, covariance_type={self.covariance_type!r}, "
-                f"max_iter={self.max_iter}, reg_covar={self.reg_covar:g})")
