@@ -157,7 +157,7 @@ def fd_against(real: str, fake_batches: Iterable[torch.Tensor], n_fake: int, cfg
 
 
 def bootstrap_table(summary: dict) -> dict[str, tuple[str, pd.DataFrame]]:
-    """`write_outputs` tables for the FD bootstrap: {"bootstrap": ("fd_bootstrap.csv", replicates)} or {}.
+    """`_write_outputs` tables for the FD bootstrap: {"bootstrap": ("fd_bootstrap.csv", replicates)} or {}.
 
     The summary then names the file instead of listing the replicates.
     """
@@ -186,7 +186,7 @@ def fid(real: str, fake: str | ImageSet, cfg: MetricsConfig | None = None, out: 
         if "test_accuracy" in summary["extractor"]:
             row["extractor_test_accuracy"] = summary["extractor"]["test_accuracy"]
         shown = np.unique(np.linspace(0, imgs.n - 1, min(64, imgs.n)).round().astype(int))  # spread over the set
-        write_outputs(summary, Path(out), FID_KIND, "fid", row,
+        _write_outputs(summary, Path(out), FID_KIND, "fid", row,
                       lambda d: plot_samples(imgs.uint8(shown), d / "samples", title=str(imgs.source)),
                       bootstrap_table(summary))
     return summary
@@ -197,7 +197,7 @@ def _floats(summary: dict) -> dict:
     return {k: v for k, v in summary.items() if isinstance(v, float)}
 
 
-def write_outputs(summary: dict, out: Path, kind: str, name: str, row: dict, figure: Callable[[Path], Path],
+def _write_outputs(summary: dict, out: Path, kind: str, name: str, row: dict, figure: Callable[[Path], Path],
                   tables: dict[str, tuple[str, pd.DataFrame]] | None = None) -> None:
     """The one writer of the metric commands: OUT/NAME.csv (`row`), further `tables` ({key: (file, frame)}),
     OUT/NAME.json (`summary`) and the figure that `figure(folder)` writes; their paths go into summary["files"].
@@ -274,7 +274,7 @@ def eval_tokenizer(run: str | Path, cfg: MetricsConfig | None = None, out: str |
     row.update(extractor=summary["extractor"]["name"], extractor_test_accuracy=summary["extractor"].get("test_accuracy"),
                checkpoint_hash=summary["checkpoint_hash"])
     per_image = pd.DataFrame({"index": np.arange(len(psnr)), "label": ds.labels[:len(psnr)], "psnr": psnr, "ssim": ssim})
-    write_outputs(summary, out, RECON_KIND, "recon", row,
+    _write_outputs(summary, out, RECON_KIND, "recon", row,
                   lambda d: plot_recon_grid(*shown, d / "recon_grid", title=f"{summary['tokenizer']} on {dataset}:{split}"),
                   {"per_image": ("recon_images.csv", per_image)})
     return summary
@@ -326,7 +326,7 @@ def eval_sit(run: str | Path, cfg: MetricsConfig | None = None, out: str | Path 
     row = {"run": summary["run"], "dataset": dataset, "n": n, **summary["sampling"], **_floats(summary),
            "extractor": summary["extractor"]["name"], "extractor_test_accuracy": summary["extractor"].get("test_accuracy")}
     metric = summary["metric"]
-    write_outputs(summary, out, GFID_KIND, "gfid", row,
+    _write_outputs(summary, out, GFID_KIND, "gfid", row,
                   lambda d: plot_samples(shown[0], d / "samples", title=f"{Path(run).name}: {metric} {summary[metric]:.2f}"),
                   bootstrap_table(summary))
     return summary
