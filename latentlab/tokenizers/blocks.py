@@ -36,17 +36,27 @@ class PatchEmbed(nn.Module):
         return self.proj(patchify(x, self.patch))  # (B, N, D)
 
 
+def grid_coords(n: int, step: float = 1.0, offset: float = 0.0) -> np.ndarray:
+    """Cell coordinates offset + step * (0, 1, ..., n-1): a coarse grid's cells sit at the centres of fine ones."""
+    c = np.arange(n)
+    return c if step == 1.0 and offset == 0.0 else c * step + offset
+
+
 def rope_2d(gh: int, gw: int, head_dim: int, base: float = 100.0, n_extra: int = 0,
-            device: torch.device | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+            device: torch.device | None = None, step: float = 1.0, offset: float = 0.0
+            ) -> tuple[torch.Tensor, torch.Tensor]:
     """cos/sin tables (L, head_dim/2) for a gh x gw grid (+ `n_extra` unrotated tokens after it).
 
-    Half of the rotation pairs encode the row, half the column; extra tokens get angle 0.
+    Half of the rotation pairs encode the row, half the column; extra tokens get angle 0. Cell
+    coordinates are `grid_coords(n, step, offset)`: a half-resolution grid uses step 2, offset 0.5.
     """
     if head_dim % 4:
         raise ValueError(f"2D RoPE needs head_dim divisible by 4, got {head_dim}")
     q = head_dim // 4
     freqs = base ** (-torch.arange(q, dtype=torch.float32, device=device) / q)  # (q,)
-    ys, xs = torch.meshgrid(torch.arange(gh, device=device), torch.arange(gw, device=device), indexing="ij")
+    ys, xs = torch.meshgrid(torch.as_tensor(grid_coords(gh, step, offset), dtype=torch.float32, device=device),
+                            torch.as_tensor(grid_coords(gw, step, offset), dtype=torch.float32, device=device),
+                            indexing="ij")
     ang = torch.cat([ys.reshape(-1, 1) * freqs, xs.reshape(-1, 1) * freqs], dim=1)  # (gh*gw, head_dim/2)
     ang = torch.cat([ang, ang.new_zeros(n_extra, ang.shape[1])], dim=0)  # (L, head_dim/2)
     return ang.cos(), ang.sin()
@@ -137,10 +147,10 @@ def sincos_1d(dim: int, positions: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(_sincos(dim, positions)).float()
 
 
-def sincos_2d(dim: int, h: int, w: int) -> torch.Tensor:
+def sincos_2d(dim: int, h: int, w: int, step: float = 1.0, offset: float = 0.0) -> torch.Tensor:
     """Fixed 2D sin-cos position table (h*w, dim) float32, computed in float64: half the width encodes the row,
-    half the column."""
+    half the column. Cells sit at `grid_coords(n, step, offset)` (step 2, offset 0.5: a half-resolution grid)."""
     if dim % 4:
         raise LatentlabError(f"2D sin-cos embedding needs a width divisible by 4, got {dim}")
-    rows, cols = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")  # (h, w) each
+    rows, cols = np.meshgrid(grid_coords(h, step, offset), grid_coords(w, step, offset), indexing="ij")  # (h, w)
     return torch.from_numpy(np.concatenate([_sincos(dim // 2, rows), _sincos(dim // 2, cols)], axis=1)).float()

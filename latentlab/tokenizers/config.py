@@ -13,6 +13,31 @@ from latentlab.config import TrainConfig, train_config
 
 ARCHS = ("ae", "vae", "vavae", "maetok")  # the keys of models.TOKENIZERS, in its order
 STAGES = ("full", "decoder-finetune")
+LATENT_NOISE_KEYS = ("max_tau", "mask_ratio")
+TOKEN_POOL = 4  # tokens averaged into one by `regularizers.downsample_tokens` (2x in each of the image's two axes)
+
+
+def check_latent_noise(value: dict | None) -> dict | None:
+    """The `latent_noise` option as {"max_tau": float, "mask_ratio": float}, or None when off; ValueError if invalid."""
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise ValueError(f"latent_noise must be a mapping with keys {', '.join(LATENT_NOISE_KEYS)} (or null), "
+                         f"got {value!r}")
+    unknown = sorted(set(value) - set(LATENT_NOISE_KEYS))
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r} in latent_noise; valid keys: {', '.join(LATENT_NOISE_KEYS)}")
+    out = {}
+    for k in LATENT_NOISE_KEYS:
+        v = value.get(k, 0.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ValueError(f"latent_noise.{k} must be a number, got {v!r}")
+        out[k] = float(v)
+    if not 0.0 <= out["max_tau"] <= 1.0:
+        raise ValueError(f"latent_noise.max_tau must be in [0, 1], got {out['max_tau']}")
+    if not 0.0 <= out["mask_ratio"] < 1.0:
+        raise ValueError(f"latent_noise.mask_ratio must be in [0, 1), got {out['mask_ratio']}")
+    return out
 
 
 @dataclass
@@ -53,6 +78,8 @@ class TokenizerConfig:
     aux_depth: int = 1
     aux_weight: float = 1.0
     stage: str = "full"                # full | decoder-finetune (encoder frozen, masking off)
+    latent_noise: dict | None = None   # l-DeTok: {max_tau, mask_ratio} corruption of the latents before decoding (training only)
+    scale_equivariance: float = 0.0    # weight of the Diffusability paper's term rec(decode_half(down2(z)), down2(x)); 0 = off
 
     def __post_init__(self):
         if self.arch not in ARCHS:
@@ -77,6 +104,12 @@ class TokenizerConfig:
             raise ValueError(f"image size {self.image_size} is not divisible by patch size {self.patch_size}")
         if (self.width // self.heads) % 4 or (self.dec_width // self.heads) % 4:
             raise ValueError("width / heads must be divisible by 4 (2D RoPE)")
+        self.latent_noise = check_latent_noise(self.latent_noise)
+        if self.scale_equivariance < 0:
+            raise ValueError(f"scale_equivariance is a loss weight >= 0, got {self.scale_equivariance}")
+        if self.scale_equivariance > 0 and (self.grid % 2 or self.num_tokens % TOKEN_POOL):
+            raise ValueError(f"scale_equivariance needs an even patch grid and a multiple of {TOKEN_POOL} tokens "
+                             f"(got grid {self.grid}, {self.num_tokens} tokens); change patch_size or num_tokens")
 
     @property
     def grid(self) -> int:

@@ -1,4 +1,4 @@
-"""1D-token ViT tokenizers: AE, KL-VAE, VA-VAE-style aligned VAE (and MAETok in `maetok.py`).
+"""1D-token ViT tokenizers: AE, KL-VAE, VA-VAE-style aligned VAE and MAETok (at the bottom).
 
 All kinds share one design, so the comparison is fair:
   encoder  patches (2D RoPE + fixed sin-cos positions) + T learnable latent tokens -> transformer -> the latent tokens -> (B, T, C)
@@ -11,6 +11,7 @@ total under "loss". The encoder's parameters sit under `encoder.`, the pixel dec
 Size presets (`SIZES`) go from "tiny" (CPU, 32 px) to "B" (ViT-B, patch 16, 128 tokens x 32 channels
 at 256 px). The patch size follows the dataset: the preset's patch grid is kept (patch = image / grid,
 at least 2), unless `patch_size` is given. `training.load_tokenizer(run)` rebuilds a trained model from its run.
+Every kind has two training-only switches, off by default: `latent_noise` and `scale_equivariance` (`regularizers`).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from latentlab.tokenizers.losses import (DeterministicPosterior, DiagonalGaussia
                                          hinge_d_loss, hinge_g_loss, load_perceptual, masked_mse,
                                          reconstruction_loss, vf_loss)
 from latentlab.tokenizers.config import TokenizerConfig
+from latentlab.tokenizers.regularizers import corrupt_latents, downsample_images, downsample_tokens, random_mask
 from latentlab.tokenizers.targets import make_target
 
 class Encoder(nn.Module):
@@ -75,13 +77,20 @@ class Decoder(nn.Module):
         self.register_buffer("pos", sincos_2d(width, cfg.grid, cfg.grid), persistent=False)  # (N, W)
         self.out = nn.Linear(width, out_dim)  # the decoder's last layer
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, half: bool = False) -> torch.Tensor:
+        """Latents (B, T, C) -> (B, N, out_dim); `half`: pooled latents (B, T/4, C) -> the half-resolution grid."""
         cfg = self.cfg
-        b, n = z.shape[0], cfg.grid * cfg.grid
-        lat = self.embed(z) + self.token_pos.to(z.dtype)  # (B, T, W)
-        queries = (self.mask_token + self.pos).expand(b, n, -1).to(lat.dtype)  # (B, N, W)
+        g, token_pos, pos = cfg.grid, self.token_pos, self.pos
+        step, offset = 1.0, 0.0
+        if half:  # coarse cells at the centres of 2x2 fine cells; token positions pooled like the tokens
+            g, step, offset = cfg.grid // 2, 2.0, 0.5
+            token_pos = downsample_tokens(self.token_pos[None])[0]  # (T/4, W)
+            pos = sincos_2d(self.width, g, g, step, offset).to(z.device)  # (N/4, W)
+        b, n = z.shape[0], g * g
+        lat = self.embed(z) + token_pos.to(z.dtype)  # (B, T, W)
+        queries = (self.mask_token + pos).expand(b, n, -1).to(lat.dtype)  # (B, N, W)
         seq = torch.cat([queries, lat], 1)  # (B, N+T, W)
-        rope = rope_2d(cfg.grid, cfg.grid, self.width // cfg.heads, cfg.rope_base, cfg.num_tokens, z.device)
+        rope = rope_2d(g, g, self.width // cfg.heads, cfg.rope_base, z.shape[1], z.device, step, offset)
         return self.out(self.transformer(seq, rope)[:, :n])  # (B, N, out_dim)
 
 
@@ -116,14 +125,19 @@ class AETokenizer(nn.Module):
         """Images (B, C, H, W) in [-1, 1] -> posterior over latents (B, T, C)."""
         return self.posterior(self.encoder(x))
 
-    def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents (B, T, C) -> unclamped images (B, C, H, W)."""
+    def decode_raw(self, z: torch.Tensor, half: bool = False) -> torch.Tensor:
+        """Latents (B, T, C) -> unclamped images (B, C, H, W); `half`: `downsample_latents(z)` -> (B, C, H/2, W/2)."""
         cfg = self.cfg
-        return unpatchify(self.decoder(z), cfg.patch_size, cfg.channels, cfg.image_size, cfg.image_size)
+        size = cfg.image_size // 2 if half else cfg.image_size
+        return unpatchify(self.decoder(z, half), cfg.patch_size, cfg.channels, size, size)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents (B, T, C) -> images (B, C, H, W) clamped to [-1, 1]."""
         return self.decode_raw(z).clamp(-1.0, 1.0)
+
+    def downsample_latents(self, z: torch.Tensor) -> torch.Tensor:
+        """down2 of token latents (B, T, C) -> (B, T/4, C), which `decode_raw(., half=True)` reads."""
+        return downsample_tokens(z)
 
     @property
     def latent_shape(self) -> tuple[int, int]:
@@ -135,7 +149,7 @@ class AETokenizer(nn.Module):
         if self.cfg.stage == "decoder-finetune":
             with torch.no_grad():
                 z = self.encode(x).sample(generator)
-            return self.pixel_terms(x, self.decode_raw(z), step)
+            return self.decoder_terms(x, z, generator, step)
         return self.train_terms(x, generator, step)
 
     losses = forward
@@ -143,7 +157,19 @@ class AETokenizer(nn.Module):
     def train_terms(self, x: torch.Tensor, generator: torch.Generator | None, step: int) -> dict:
         """The kind's full objective (subclasses extend it)."""
         post = self.encode(x)
-        return self.pixel_terms(x, self.decode_raw(post.sample(generator)), step)
+        return self.decoder_terms(x, post.sample(generator), generator, step)
+
+    def decoder_terms(self, x: torch.Tensor, z: torch.Tensor, generator: torch.Generator | None, step: int) -> dict:
+        """Pixel terms of decode(z), with the latent corruption and the scale-equivariance term when switched on."""
+        cfg = self.cfg
+        z_in = corrupt_latents(z, **cfg.latent_noise, generator=generator) if cfg.latent_noise else z
+        terms = self.pixel_terms(x, self.decode_raw(z_in), step)
+        if cfg.scale_equivariance > 0:
+            x_half = self.decode_raw(self.downsample_latents(z), half=True)  # (B, C, H/2, W/2)
+            se = reconstruction_loss(x_half.float(), downsample_images(x).float(), cfg.rec_loss)
+            terms["scale_eq"] = se
+            terms["loss"] = terms["loss"] + cfg.scale_equivariance * se
+        return terms
 
     def pixel_terms(self, x: torch.Tensor, x_hat: torch.Tensor, step: int) -> dict:
         """Reconstruction (+ perceptual, + hinge GAN with adaptive weight) terms."""
@@ -176,7 +202,7 @@ class VAETokenizer(AETokenizer):
 
     def train_terms(self, x, generator, step):
         post = self.encode(x)
-        terms = self.pixel_terms(x, self.decode_raw(post.sample(generator)), step)
+        terms = self.decoder_terms(x, post.sample(generator), generator, step)
         kl = post.kl()
         terms["loss"] = terms["loss"] + self.cfg.kl_weight * kl
         terms["kl"] = kl
@@ -200,7 +226,7 @@ class VAVAETokenizer(VAETokenizer):
         cfg = self.cfg
         post = self.encode(x)
         z = post.sample(generator)
-        terms = self.pixel_terms(x, self.decode_raw(z), step)
+        terms = self.decoder_terms(x, z, generator, step)
         kl = post.kl()
         with torch.no_grad():
             f = self._target[0].to(x.device)(x)  # (B, N, Dt)
@@ -224,16 +250,6 @@ class VAVAETokenizer(VAETokenizer):
 #
 # Ablation switches (TokenizerConfig): `mask` (on/off), `learnable_tokens` (learnable latent tokens
 # vs latents pooled from the image tokens), `aux_targets` (which auxiliary decoders, possibly none).
-
-
-def random_mask(b: int, n: int, lo: float, hi: float, generator: torch.Generator | None = None,
-                device: torch.device | None = None) -> tuple[torch.Tensor, float]:
-    """A (B, N) bool mask with round(r * N) True per row, r ~ U[lo, hi] drawn once per batch; returns (mask, r)."""
-    r = lo + (hi - lo) * float(torch.rand((), generator=generator, device=device))
-    k = int(round(r * n))
-    noise = torch.rand(b, n, generator=generator, device=device)  # (B, N)
-    ranks = noise.argsort(1).argsort(1)  # rank of each position within its row
-    return ranks < k, r
 
 
 class MAETokTokenizer(AETokenizer):
@@ -261,7 +277,7 @@ class MAETokTokenizer(AETokenizer):
         else:
             mask, ratio = torch.zeros(b, n, dtype=torch.bool, device=x.device), 0.0
         z = self.encoder(x, mask if cfg.mask else None)  # (B, T, C)
-        terms = self.pixel_terms(x, self.decode_raw(z), step)
+        terms = self.decoder_terms(x, z, generator, step)
         # without masking the auxiliary targets are predicted at every position (MAE degenerates to AE)
         where = mask if cfg.mask else torch.ones_like(mask)
         for (key, dec), target in zip(self.aux_decoders.items(), self._targets):
