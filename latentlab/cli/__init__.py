@@ -63,4 +63,5 @@ from latentlab.cli import tokenizers as _tokenizers  # noqa: E402,F401
 from latentlab.cli import analysis as _analysis  # noqa: E402,F401
 from latentlab.cli import metrics as _metrics  # noqa: E402,F401
 from latentlab.cli import probe as _probe  # noqa: E402,F401
+from latentlab.cli import diffusability as _diffusability  # noqa: E402,F401
 from latentlab.cli import study as _study  # noqa: E402,F401

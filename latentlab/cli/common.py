@@ -50,6 +50,26 @@ class IntList(click.ParamType):
         return out
 
 
+class FloatList(click.ParamType):
+    """Comma-separated numbers, each in a range (as click.FloatRange): '0.1,0.5' -> (0.1, 0.5)."""
+
+    name = "number list"
+
+    def __init__(self, **bounds):
+        self.range = click.FloatRange(**bounds)
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            out = tuple(float(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(f"expected comma-separated numbers, got {value!r}", param, ctx)
+        if not out:
+            self.fail("give at least one value", param, ctx)
+        return tuple(self.range.convert(v, param, ctx) for v in out)
+
+
 COUNT = Int(min=1)                               # steps, batch sizes, samples, epochs, restarts, dimensions
 NATURAL = Int(min=0)                             # seeds (numpy takes no negative seed), class indices
 LEARNING_RATE = Float(min=0, min_open=True)      # > 0

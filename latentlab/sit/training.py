@@ -262,8 +262,9 @@ def _tokenizer_spec(source: Path, store: LatentStore) -> tuple[str | None, str]:
     return None, ""
 
 
-def _provenance(tl, train: LatentStore, test: LatentStore | None) -> dict:
-    """Where the latents came from; `tokenizer_spec` lets `sample` decode through the tokenizer."""
+def latent_provenance(tl: TokenizerLatents) -> dict:
+    """Where a tokenizer's latents came from; `tokenizer_spec` lets `sample` decode through the tokenizer."""
+    train, test = tl.train, tl.test
     src = Path(tl.source)
     spec, weights = _tokenizer_spec(src, train)
     meta = train.manifest.get("meta", {})
@@ -304,7 +305,7 @@ def build_sit_task(tokenizer, cfg: SiTTrainConfig, dataset: str | None = None) -
     if test_store is not None:
         model.check_shape(test_store.sample_shape, test_store.layout, f"latents in {test_store.path}")
     norm = normalization_params(train_store, cfg.normalization)
-    task = SiTTask(model, train_store, rows, norm, heldout, cfg, tcfg, _provenance(tl, train_store, test_store))
+    task = SiTTask(model, train_store, rows, norm, heldout, cfg, tcfg, latent_provenance(tl))
     return task, tcfg
 
 

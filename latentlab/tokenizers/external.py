@@ -67,9 +67,13 @@ class DiffusersAutoencoder(nn.Module):
             return GridPosterior(out.latent_dist)
         return DeterministicPosterior(out.latent)  # AutoencoderDC: (B, C', h, w)
 
+    def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents (B, C', h, w) -> unclamped images (B, C, H, W)."""
+        return self.vae.decode(z).sample
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents (B, C', h, w) -> images (B, C, H, W) in [-1, 1]."""
-        return self.vae.decode(z).sample.clamp(-1.0, 1.0)
+        return self.decode_raw(z).clamp(-1.0, 1.0)
 
 
 def describe(vae: nn.Module, name: str, checkpoint_hash: str, spec: str | None = None) -> dict:

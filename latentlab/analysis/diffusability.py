@@ -1,0 +1,230 @@
+"""Diffusability measures on arrays: latent spectrum, intrinsic dimension, curve areas and their intervals.
+
+The field's hypotheses beside "few modes" and "discriminability" (the decoder-side half, which
+decodes through the tokenizer and compares images, is `latentlab.metrics.diffusability`):
+
+- **Spectrum** ("Improving the Diffusability of Autoencoders", Skorokhodov et al., ICML 2025,
+  arXiv 2502.14831; EQ-VAE; Spectrum Matching, arXiv 2603.14645): autoencoder latents carry more
+  high-frequency energy than images. For a grid latent (C, H, W) in normalised units the power
+  of the orthonormal 2D DCT-II (`scipy.fft.dctn(..., norm="ortho")`) is taken per channel and
+  averaged over channels and images; `radial_profile` averages it over rings of radial index
+  round(sqrt(u^2 + v^2)). `hf_energy` is the share of the non-DC power at sqrt(u^2 + v^2) >
+  min(H, W) / 2; `spectral_slope` is the least-squares slope of log power against log radius over
+  radii 1 .. min(H, W) - 1 (the complete rings). White noise has a flat spectrum (slope 0, and
+  `hf_energy` equal to the share of non-DC bins above the radius); natural images fall off
+  (slope around -2 to -3).
+- **Intrinsic dimension**: TwoNN (Facco, d'Errico, Rodriguez, Laio, Sci. Rep. 2017), from
+  scikit-dimension (`skdim.id.TwoNN`: the ratio mu = r2 / r1 of each point's two nearest
+  neighbour distances follows Pareto(1, d); d is the slope of -log(1 - F(mu)) against log mu,
+  the largest 10% of ratios discarded).
+
+Every estimate comes with an interval: `bootstrap_interval` resamples images (scipy.stats.bootstrap,
+percentile method); TwoNN, which duplicated rows would break (r1 = 0), is given a subsampling
+interval instead (`subsample_interval`: half the rows without replacement, the spread rescaled by
+sqrt(m / n), Politis & Romano 1994); statistics that repeated rows bias (FD, RankMe) get the
+bootstrap spread centred on the estimate (`metrics.fid.fd_interval`).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import scipy.fft
+import scipy.stats
+
+from latentlab.errors import LatentlabError
+
+
+@dataclass
+class DiffusabilityConfig:
+    """Settings of `latentlab diffusability` and the study's diffusability stage; defaults live here only."""
+
+    n_images: int = 256                          # test images for the decoder-side measures
+    taus: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75)          # decode((1 - tau) z + tau eps), normalised units
+    mask_ratios: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75)   # share of tokens / positions zeroed
+    response_scale: float = 0.05                 # std of the decoder-response perturbation, normalised units
+    id_samples: int = 1000                       # train latents for TwoNN and RankMe
+    id_subsamples: int = 20                      # subsamples of half the rows for TwoNN's interval
+    n_boot: int = 1000                           # bootstrap resamples of per-image means and ratios
+    fd_boot: int = 50                            # bootstrap resamples of each FD
+    level: float = 0.95                          # interval coverage
+    fd: bool = True                              # FD of the corrupted decodes (in the extractor's features)
+    extractor: str = "lenet"                     # FD features: lenet (the stand-in, fd_lenet), inception, ...
+    batch_size: int = 128
+    seed: int = 0
+    device: str = "auto"
+    weights: str = "ema"
+
+    def __post_init__(self):
+        self.taus = tuple(float(t) for t in self.taus)
+        self.mask_ratios = tuple(float(r) for r in self.mask_ratios)
+        if not self.taus or any(not 0.0 < t <= 1.0 for t in self.taus) or list(self.taus) != sorted(set(self.taus)):
+            raise ValueError(f"taus must be increasing values in (0, 1], got {self.taus}")
+        if (not self.mask_ratios or any(not 0.0 < r < 1.0 for r in self.mask_ratios)
+                or list(self.mask_ratios) != sorted(set(self.mask_ratios))):
+            raise ValueError(f"mask_ratios must be increasing values in (0, 1), got {self.mask_ratios}")
+        for name in ("n_images", "id_samples", "batch_size"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"{name} must be >= 2, got {getattr(self, name)}")
+        for name in ("id_subsamples", "n_boot", "fd_boot"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"{name} must be >= 2 resamples, got {getattr(self, name)}")
+        if not 0.0 < self.level < 1.0:
+            raise ValueError(f"level must be in (0, 1), got {self.level}")
+        if not 0.0 < self.response_scale <= 1.0:
+            raise ValueError(f"response_scale must be in (0, 1], got {self.response_scale}")
+
+
+# ---------------------------------------------------------------- intervals
+
+def bootstrap_interval(data: tuple[np.ndarray, ...], statistic: Callable, n_boot: int, level: float,
+                       seed: int) -> tuple[float, float]:
+    """Percentile bootstrap interval over the last axis (the images) of paired samples; NaN when degenerate.
+
+    `statistic(*samples, axis)` reduces the image axis; resampled samples arrive as (..., n_boot, n), so
+    a statistic of (R, n) arrays sees (R, n_boot, n) and must keep its other axes in front.
+    """
+    if data[0].shape[-1] < 2:
+        return math.nan, math.nan
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a degenerate resample distribution gives NaN, reported as such
+        res = scipy.stats.bootstrap(data, statistic, n_resamples=n_boot, confidence_level=level, method="percentile",
+                                    paired=True, vectorized=True, axis=-1, random_state=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def mean_interval(values: np.ndarray, n_boot: int, level: float, seed: int) -> tuple[float, float, float]:
+    """(mean, lo, hi) of per-image values (n,) with a percentile bootstrap interval."""
+    values = np.asarray(values, np.float64)
+    lo, hi = bootstrap_interval((values,), lambda v, axis: v.mean(axis), n_boot, level, seed)
+    return float(values.mean()), lo, hi
+
+
+def subsample_interval(x: np.ndarray, estimator: Callable[[np.ndarray], float], n_sub: int, level: float,
+                       seed: int, frac: float = 0.5) -> tuple[float, float, float]:
+    """(estimate, lo, hi): the estimator on all rows, its interval from `n_sub` subsamples of frac * n rows.
+
+    Subsampling interval for a sqrt(n)-consistent estimate: theta_n - sqrt(m/n) * q(theta_m - theta_n).
+    """
+    n = len(x)
+    est = float(estimator(x))
+    m = max(3, int(frac * n))
+    rng = np.random.default_rng(seed)
+    draws = np.array([estimator(x[np.sort(rng.choice(n, m, replace=False))]) for _ in range(n_sub)], np.float64)
+    dev = (draws - est) * math.sqrt(m / n)
+    a = (1 - level) / 2
+    return est, est - float(np.quantile(dev, 1 - a)), est - float(np.quantile(dev, a))
+
+
+# ---------------------------------------------------------------- spectrum
+
+def dct_power(x: np.ndarray) -> np.ndarray:
+    """|DCT-II|^2 (orthonormal) over the last two axes of (..., H, W), in float64."""
+    return scipy.fft.dctn(np.asarray(x, np.float64), type=2, axes=(-2, -1), norm="ortho") ** 2
+
+
+def radial_index(h: int, w: int) -> np.ndarray:
+    """(H, W) radial frequency index sqrt(u^2 + v^2) of each DCT bin."""
+    u, v = np.meshgrid(np.arange(h), np.arange(w), indexing="ij")
+    return np.sqrt(u ** 2 + v ** 2)
+
+
+def high_frequency_bins(h: int, w: int) -> tuple[np.ndarray, np.ndarray]:
+    """(bins above min(H, W) / 2, non-DC bins) as boolean (H, W) masks."""
+    r = radial_index(h, w)
+    return r > min(h, w) / 2, r > 0
+
+
+def radial_profile(power: np.ndarray) -> np.ndarray:
+    """Mean power over rings of radial index round(sqrt(u^2 + v^2)): (..., H, W) -> (..., R)."""
+    h, w = power.shape[-2:]
+    ring = np.rint(radial_index(h, w)).astype(int).ravel()        # (H*W,)
+    avg = np.zeros((h * w, ring.max() + 1))
+    avg[np.arange(h * w), ring] = 1.0
+    avg /= avg.sum(0, keepdims=True)                               # (H*W, R): the mean over each ring
+    return power.reshape(*power.shape[:-2], h * w) @ avg
+
+
+def log_log_slope(profile: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Least-squares slope of log power against log radius over radii 1 .. R_fit, along `axis` (R_fit + 1 entries)."""
+    prof = np.moveaxis(np.asarray(profile, np.float64), axis, -1)
+    k = np.arange(1, prof.shape[-1])
+    if len(k) < 2:
+        return np.full(prof.shape[:-1], np.nan)
+    lx = np.log(k)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ly = np.log(prof[..., 1:])
+    lx = lx - lx.mean()
+    return (ly * lx).sum(-1) / (lx ** 2).sum()
+
+
+def spectrum(x: np.ndarray, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict:
+    """Spectral summary of grid arrays x (n, C, H, W), normalised per channel by the caller.
+
+    Returns hf_energy and spectral_slope with (lo, hi) bootstrap intervals over images, and the
+    mean radial profile (R,) ("profile"). The slope is fitted on the complete rings 1 .. min(H, W) - 1.
+    """
+    x = np.asarray(x, np.float64)
+    if x.ndim != 4:
+        raise LatentlabError(f"the spectrum needs (n, C, H, W) arrays, got shape {x.shape}")
+    n, _, h, w = x.shape
+    p = dct_power(x).mean(1)                                   # (n, H, W): channel average per image
+    hf, nondc = high_frequency_bins(h, w)
+    hi_pow, tot_pow = p[:, hf].sum(1), p[:, nondc].sum(1)      # (n,), (n,)
+    prof = radial_profile(p)[:, :min(h, w)]                    # (n, R_fit + 1): complete rings only
+    with np.errstate(divide="ignore", invalid="ignore"):
+        hf_energy = float(hi_pow.sum() / tot_pow.sum())
+    slope = float(log_log_slope(prof.mean(0)))
+    out = {"hf_energy": hf_energy, "spectral_slope": slope, "profile": radial_profile(p.mean(0)),
+           "hf_bins": int(hf.sum()), "nondc_bins": int(nondc.sum())}
+    out["hf_energy_lo"], out["hf_energy_hi"] = bootstrap_interval(
+        (hi_pow, tot_pow), lambda a, b, axis: a.sum(axis) / b.sum(axis), n_boot, level, seed)
+    if math.isfinite(slope):
+        out["spectral_slope_lo"], out["spectral_slope_hi"] = bootstrap_interval(
+            (prof.T,), lambda s, axis: log_log_slope(s.mean(axis), axis=0), n_boot, level, seed + 1)
+    else:
+        out["spectral_slope_lo"] = out["spectral_slope_hi"] = math.nan
+    return out
+
+
+def normalise_channels(x: np.ndarray) -> np.ndarray:
+    """(n, C, H, W) -> zero mean, unit std per channel over images and positions (std 0 becomes 1)."""
+    x = np.asarray(x, np.float64)
+    mean = x.mean(axis=(0, 2, 3), keepdims=True)
+    std = x.std(axis=(0, 2, 3), keepdims=True)
+    return (x - mean) / np.where(std > 0, std, 1.0)
+
+
+def area_pool(x: np.ndarray, h: int, w: int) -> np.ndarray:
+    """(n, C, H, W) -> (n, C, h, w) by averaging blocks (H, W multiples of h, w): images at a latent's resolution."""
+    n, c, hh, ww = x.shape
+    if hh % h or ww % w:
+        raise LatentlabError(f"cannot pool {hh}x{ww} images to the {h}x{w} latent grid (not a divisor)")
+    return x.reshape(n, c, h, hh // h, w, ww // w).mean(axis=(3, 5))
+
+
+# ---------------------------------------------------------------- curves and intrinsic dimension
+
+def curve_area(levels: np.ndarray | tuple, values: np.ndarray) -> np.ndarray:
+    """Area under values (..., L) over levels (L,), divided by the level range: the curve's mean height."""
+    levels = np.asarray(levels, np.float64)
+    values = np.asarray(values, np.float64)
+    if len(levels) == 1:
+        return values[..., 0]
+    return np.trapezoid(values, levels, axis=-1) / (levels[-1] - levels[0])
+
+
+def twonn(x: np.ndarray) -> float:
+    """TwoNN intrinsic dimension of rows x (n, D), by scikit-dimension (linear fit, 10% of ratios discarded)."""
+    try:
+        import skdim
+    except ImportError:
+        raise LatentlabError("TwoNN needs scikit-dimension: pip install scikit-dimension") from None
+    x = np.asarray(x, np.float64)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # duplicate rows are dropped by skdim with a warning
+        return float(skdim.id.TwoNN().fit(x).dimension_)
