@@ -11,7 +11,8 @@ import scipy.fft
 import torch
 
 from conftest import run_cli
-from latentlab.analysis.diffusability import (DiffusabilityConfig, curve_area, dct_power, high_frequency_bins,
+from latentlab.analysis.config import DiffusabilityConfig
+from latentlab.analysis.diffusability import (curve_area, dct_power, high_frequency_bins,
                                              log_log_slope, radial_index, radial_profile, spectrum,
                                              subsample_interval, twonn)
 from latentlab.extract import import_pixels

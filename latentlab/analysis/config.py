@@ -1,7 +1,7 @@
 """Settings of the analysis commands, torch-free so that the CLI reads defaults and choices without torch.
 
 `FitGMMConfig` (+ `check_config`; fit-gmm), `ProbeConfig` and `DiscriminabilityConfig` (probe),
-`UmapConfig` (umap), and the pools of `stream`.
+`UmapConfig` (umap), `DiffusabilityConfig` (diffusability), and the pools of `stream`.
 """
 
 from __future__ import annotations
@@ -135,3 +135,43 @@ class UmapConfig:
     pool: str = "flatten"
     n_neighbors: int = 15
     min_dist: float = 0.1
+
+
+@dataclass
+class DiffusabilityConfig:
+    """Settings of `latentlab diffusability` and the study's diffusability stage; defaults live here only."""
+
+    n_images: int = 256                          # test images for the decoder-side measures
+    taus: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75)          # decode((1 - tau) z + tau eps), normalised units
+    mask_ratios: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75)   # share of tokens / positions zeroed
+    response_scale: float = 0.05                 # std of the decoder-response perturbation, normalised units
+    id_samples: int = 1000                       # train latents for TwoNN and RankMe
+    id_subsamples: int = 20                      # subsamples of half the rows for TwoNN's interval
+    n_boot: int = 1000                           # bootstrap resamples of per-image means and ratios
+    fd_boot: int = 50                            # bootstrap resamples of each FD
+    level: float = 0.95                          # interval coverage
+    fd: bool = True                              # FD of the corrupted decodes (in the extractor's features)
+    extractor: str = "lenet"                     # FD features: lenet (the stand-in, fd_lenet), inception, ...
+    batch_size: int = 128
+    seed: int = 0
+    device: str = "auto"
+    weights: str = "ema"
+
+    def __post_init__(self):
+        self.taus = tuple(float(t) for t in self.taus)
+        self.mask_ratios = tuple(float(r) for r in self.mask_ratios)
+        if not self.taus or any(not 0.0 < t <= 1.0 for t in self.taus) or list(self.taus) != sorted(set(self.taus)):
+            raise ValueError(f"taus must be increasing values in (0, 1], got {self.taus}")
+        if (not self.mask_ratios or any(not 0.0 < r < 1.0 for r in self.mask_ratios)
+                or list(self.mask_ratios) != sorted(set(self.mask_ratios))):
+            raise ValueError(f"mask_ratios must be increasing values in (0, 1), got {self.mask_ratios}")
+        for name in ("n_images", "id_samples", "batch_size"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"{name} must be >= 2, got {getattr(self, name)}")
+        for name in ("id_subsamples", "n_boot", "fd_boot"):
+            if getattr(self, name) < 2:
+                raise ValueError(f"{name} must be >= 2 resamples, got {getattr(self, name)}")
+        if not 0.0 < self.level < 1.0:
+            raise ValueError(f"level must be in (0, 1), got {self.level}")
+        if not 0.0 < self.response_scale <= 1.0:
+            raise ValueError(f"response_scale must be in (0, 1], got {self.response_scale}")

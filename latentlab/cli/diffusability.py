@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import click
 
-from latentlab.analysis.diffusability import DiffusabilityConfig
+from latentlab.analysis.config import DiffusabilityConfig
 from latentlab.cli import cli
-from latentlab.cli.common import emit, json_option, parse_float_list, tokenizer_option
+from latentlab.cli.common import NATURAL, Float, FloatList, Int, emit, given, json_option, tokenizer_option
 
 D = DiffusabilityConfig()  # defaults shown in --help come from the dataclass
 
@@ -33,19 +33,20 @@ def _text(s: dict) -> str:
 @click.option("--out", required=True, type=click.Path(), help="Directory for diffusability.csv and the figure.")
 @click.option("--dataset", default=None,
               help="Images to encode when --tokenizer is a tokenizer run or diffusers:PATH (default: the run's own).")
-@click.option("--n-images", type=click.IntRange(min=2), default=None,
+@click.option("--n-images", type=Int(min=2), default=None,
               help=f"Test images for the decoder-side measures [{D.n_images}].")
-@click.option("--taus", default=None, metavar="T1,T2,..",
+@click.option("--taus", type=FloatList(min=0, min_open=True, max=1), default=None, metavar="T1,T2,..",
               help=f"Noise levels tau of decode((1-tau) z + tau eps), in (0, 1] [{','.join(map(str, D.taus))}].")
-@click.option("--mask-ratios", default=None, metavar="R1,R2,..",
+@click.option("--mask-ratios", type=FloatList(min=0, min_open=True, max=1, max_open=True), default=None,
+              metavar="R1,R2,..",
               help=f"Shares of tokens / positions zeroed, in (0, 1) [{','.join(map(str, D.mask_ratios))}].")
-@click.option("--response-scale", type=click.FloatRange(min=0, min_open=True, max=1), default=None,
+@click.option("--response-scale", type=Float(min=0, min_open=True, max=1), default=None,
               help=f"Std of the decoder-response perturbation in normalised units [{D.response_scale}].")
-@click.option("--id-samples", type=click.IntRange(min=2), default=None,
+@click.option("--id-samples", type=Int(min=2), default=None,
               help=f"Train latents for TwoNN and RankMe [{D.id_samples}].")
 @click.option("--extractor", default=None, help=f"FD features: lenet (fd_lenet), inception, dinov2, torchscript:PATH [{D.extractor}].")
 @click.option("--no-fd", "no_fd", is_flag=True, help="Skip the FD of the corrupted decodes (PSNR only).")
-@click.option("--seed", type=int, default=None, help=f"Seed of the images, noise, masks and resamples [{D.seed}].")
+@click.option("--seed", type=NATURAL, default=None, help=f"Seed of the images, noise, masks and resamples [{D.seed}].")
 @click.option("--device", default=None, help=f"cpu, cuda, cuda:N or auto [{D.device}].")
 @json_option
 def diffusability_cmd(tokenizers, out, dataset, n_images, taus, mask_ratios, response_scale, id_samples, extractor,
@@ -63,12 +64,8 @@ def diffusability_cmd(tokenizers, out, dataset, n_images, taus, mask_ratios, res
     from latentlab.extract import resolve_tokenizers
     from latentlab.metrics.diffusability import run_diffusability
 
-    overrides = {k: v for k, v in dict(n_images=n_images, response_scale=response_scale, id_samples=id_samples,
-                                        extractor=extractor, seed=seed, device=device).items() if v is not None}
-    if taus is not None:
-        overrides["taus"] = tuple(parse_float_list(taus, "--taus"))
-    if mask_ratios is not None:
-        overrides["mask_ratios"] = tuple(parse_float_list(mask_ratios, "--mask-ratios"))
+    overrides = given(n_images=n_images, response_scale=response_scale, id_samples=id_samples, extractor=extractor,
+                      seed=seed, device=device, taus=taus, mask_ratios=mask_ratios)
     if no_fd:
         overrides["fd"] = False
     cfg = merge(DiffusabilityConfig(), overrides, "diffusability options")

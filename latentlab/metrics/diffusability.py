@@ -38,7 +38,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from latentlab.analysis.diffusability import (DiffusabilityConfig, area_pool, curve_area,
+from latentlab.analysis.config import DiffusabilityConfig
+from latentlab.analysis.diffusability import (area_pool, curve_area,
                                              mean_interval, normalise_channels, spectrum, subsample_interval, twonn)
 from latentlab.analysis.stream import Rows
 from latentlab.analysis.structure import rankme
