@@ -195,6 +195,11 @@ def test_command_on_pixels_and_a_token_run(tiny_run, tmp_path):
     assert len(curves) == 2 * 3 and set(curves.corruption) == {"noise", "mask"}
     assert (out / "diffusability.png").is_file() and (out / "diffusability.pdf").is_file()
     assert (out / "spectra.csv").is_file() and summary["rows"][1]["tokenizer"] == "ae"
+    per = pd.read_csv(out / "diffusability_images.csv")  # the per-image values behind the means, same images
+    for name, r in (("pixels", pix), ("ae", ae)):
+        im = per[per.tokenizer == name]
+        assert len(im) == 40 and im.noise_robustness.mean() == pytest.approx(r.noise_robustness)
+    assert list(per[per.tokenizer == "pixels"]["index"]) == list(per[per.tokenizer == "ae"]["index"])
 
 
 def test_bad_input_is_one_line(tiny_run, tmp_path):

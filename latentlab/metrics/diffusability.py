@@ -19,7 +19,8 @@ For each tokenizer (one row of OUT/diffusability.csv), on `n_images` test images
   LeNet stand-in is `fd_lenet`, never FID) of decode((1 - tau) z + tau eps) for tau in `taus`, and
   of decode with a share of tokens (token layouts) or positions (grid layouts) set to zero in
   normalised units; `noise_robustness` / `mask_robustness` are the areas under the PSNR curves over
-  the level range (their mean height, dB). The curves are in OUT/robustness.csv.
+  the level range (their mean height, dB). The curves are in OUT/robustness.csv, and the per-image
+  values behind psnr_clean, scale_psnr and both areas (by store row, "index") in diffusability_images.csv.
 - **intrinsic dimension** of `id_samples` flattened train latents: TwoNN (scikit-dimension) and
   RankMe (`analysis.structure.rankme`, named `id_rankme` here).
 
@@ -31,7 +32,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +81,8 @@ class Subject:
     id_latents: object | None = None      # (m, D) rows for the intrinsic dimension: an array or a (store, rows) pair
     images_note: str = ""
     device: torch.device = torch.device("cpu")
+    rows: np.ndarray | None = None        # the measured rows of the store (the "index" of diffusability_images.csv)
+    per_image: dict = field(default_factory=dict)  # filled by the measures: column -> (n,) values per image
 
     @classmethod
     def open(cls, tl: TokenizerLatents, cfg: DiffusabilityConfig, device: torch.device) -> "Subject":
@@ -106,7 +109,7 @@ class Subject:
         return cls(name=tl.name, z=torch.from_numpy(store.take(rows)), images=images,
                    norm=normalization_params(tl.train, "channel"), layout=store.layout, decoder=decoder,
                    decoder_note=decoder_note, pixels=prov.get("tokenizer") == "pixels", dataset=dataset,
-                   id_latents=(tl.train, id_rows), images_note=images_note, device=device)
+                   id_latents=(tl.train, id_rows), images_note=images_note, device=device, rows=rows)
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -208,7 +211,8 @@ def scale_columns(s: Subject, cfg: DiffusabilityConfig, clean: torch.Tensor) -> 
         return {"scale_note": "this decoder has no half-resolution decode for token latents"}
     if half.shape != target.shape:
         return {"scale_note": f"decode(down2(z)) has shape {tuple(half.shape[1:])}, down2(x) {tuple(target.shape[1:])}"}
-    row = _interval_cols("scale_psnr", *mean_interval(_psnr(half.clamp(-1, 1), target), cfg.n_boot, cfg.level, cfg.seed))
+    s.per_image["scale_psnr"] = _psnr(half.clamp(-1, 1), target)
+    row = _interval_cols("scale_psnr", *mean_interval(s.per_image["scale_psnr"], cfg.n_boot, cfg.level, cfg.seed))
     row.update(_interval_cols("scale_psnr_ref", *mean_interval(_psnr(downsample_images(clean), target), cfg.n_boot,
                                                                cfg.level, cfg.seed)))
     row["scale_note"] = note
@@ -243,7 +247,7 @@ def robustness_curves(s: Subject, cfg: DiffusabilityConfig, ext: FeatureExtracto
                       ) -> tuple[dict, list[dict], torch.Tensor]:
     """PSNR and FD under noise and masking: (row columns, curve rows, the clean decode)."""
     clean = s.decode(s.z, cfg.batch_size)
-    clean_psnr = _psnr(clean, s.images)
+    clean_psnr = s.per_image["psnr_clean"] = _psnr(clean, s.images)
     row = {"psnr_clean": float(clean_psnr.mean())}
     row.update(dict(zip((f"{metric}_clean", f"{metric}_clean_lo", f"{metric}_clean_hi"),
                         _fd(ext, ref, clean, cfg, derive_seed("fd", cfg.seed, 0)))))
@@ -260,7 +264,7 @@ def robustness_curves(s: Subject, cfg: DiffusabilityConfig, ext: FeatureExtracto
             curves.append({"tokenizer": s.name, "corruption": kind, "level": level,
                            **_interval_cols("psnr", *mean_interval(p, cfg.n_boot, cfg.level, cfg.seed)),
                            **dict(zip((metric, f"{metric}_lo", f"{metric}_hi"), fd))})
-        area = curve_area(levels, np.stack(per_image, 1))                                  # (n,)
+        area = s.per_image[col] = curve_area(levels, np.stack(per_image, 1))               # (n,)
         row.update(_interval_cols(col, *mean_interval(area, cfg.n_boot, cfg.level, cfg.seed)))
     return row, curves, clean
 
@@ -307,6 +311,7 @@ def measure(s: Subject, cfg: DiffusabilityConfig, ext: FeatureExtractor | None =
 
 DIFFUSABILITY_KIND = "diffusability output"  # the `.latentlab` marker kind of its output folder
 FILES = {"csv": "diffusability.csv", "robustness": "robustness.csv", "spectra": "spectra.csv",
+         "images": "diffusability_images.csv",
          "json": "diffusability.json", "png": "diffusability.png", "pdf": "diffusability.pdf"}
 
 def _reference(tokenizers: list[TokenizerLatents], cfg: DiffusabilityConfig, device):
@@ -336,10 +341,13 @@ def run_diffusability(tokenizers: list[TokenizerLatents], out: str | Path, cfg: 
     check_finite(tokenizers)
     device = get_device(cfg.device)
     ext, ref, metric = _reference(tokenizers, cfg, device)
-    rows, curves, spectra = [], [], []
+    rows, curves, spectra, images = [], [], [], []
     for tl in progress(tokenizers, desc="diffusability", total=len(tokenizers), leave=True):
         t0 = time.perf_counter()
-        row, cur, prof = measure(Subject.open(tl, cfg, device), cfg, ext, ref, metric)
+        subject = Subject.open(tl, cfg, device)
+        row, cur, prof = measure(subject, cfg, ext, ref, metric)
+        if subject.per_image:
+            images.append(pd.DataFrame({"tokenizer": tl.name, "index": subject.rows, **subject.per_image}))
         row["seconds"] = round(time.perf_counter() - t0, 3)  # with opening the tokenizer and its images
         rows.append(row)
         curves += cur
@@ -358,6 +366,8 @@ def run_diffusability(tokenizers: list[TokenizerLatents], out: str | Path, cfg: 
         save_csv(table, tmp / FILES["csv"])
         save_csv(curves, tmp / FILES["robustness"])
         save_csv(spectra, tmp / FILES["spectra"])
+        save_csv(pd.concat(images, ignore_index=True) if images else pd.DataFrame(columns=["tokenizer", "index"]),
+                 tmp / FILES["images"])
         plot_diffusability(table, curves, spectra, metric, tmp / FILES["png"])
         save_json(summary, tmp / FILES["json"])
     return summary
