@@ -63,8 +63,12 @@ def test_shuffled_blocks_are_a_permutation_with_labels(tmp_path, rng):
 def test_in_memory_store_integers_and_bad_input(tmp_path, rng):
     x = rng.normal(size=(40, 5)).astype(np.float16)
     st = LatentStore.create(tmp_path / "s", x, shard_size=16)
-    mem = Rows(st, max_bytes=1 << 20)
+    mem = Rows(st, max_bytes=1 << 20, block_rows=8)
     assert mem.in_memory and next(mem.batches()).shape == (40, 5)  # one batch of everything
+    rng = np.random.default_rng(3)
+    state = rng.bit_generator.state
+    np.testing.assert_array_equal(next(mem.batches(rng=rng)).numpy(), x)  # in order: the caller shuffles rows
+    assert rng.bit_generator.state == state  # and the caller's rng is not used
     assert next(Rows(st).batches(8)).dtype == torch.float16  # the store's own dtype
     assert mem.count_nonfinite() == 0
     x[3, 2], x[30, 0] = np.nan, np.inf

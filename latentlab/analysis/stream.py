@@ -181,7 +181,8 @@ class Rows:
         batch_size: rows per batch; None: everything at once when in memory, else `chunk_rows`.
         shard: True streams this rank's contiguous part under torch.distributed, (rank, world_size)
         that rank's part, False every row. rng: batches are made of contiguous blocks of
-        `block_rows` rows in a shuffled order (shuffle the rows within a batch yourself).
+        `block_rows` rows in a shuffled order (shuffle the rows within a batch yourself), except
+        that rows held in memory and read as one batch come in order, without using `rng`.
         device: move each batch there.
         """
         if labels and self.labels is None:
@@ -191,7 +192,7 @@ class Rows:
         batch_size = max(1, int(batch_size))
         r, w = (rank(), world_size()) if shard is True else shard if shard else (0, 1)
         lo, hi = rank_range(self.n, r, w)
-        if rng is None:
+        if rng is None or (self._x is not None and batch_size >= hi - lo):  # one batch in memory: in order
             spans = [(s, min(s + batch_size, hi)) for s in range(lo, hi, batch_size)]
             groups = [[sp] for sp in spans]
         else:

@@ -133,24 +133,26 @@ class Transformer(nn.Module):
         return self.norm(x)
 
 
-def _sincos(dim: int, positions: np.ndarray) -> np.ndarray:
-    """(P,) positions -> (P, dim) float64 [sin, cos] at frequencies 1 / 10000^(i / (dim/2)), as DiT and MAE."""
+def sincos_1d(dim: int, positions) -> torch.Tensor:
+    """(P,) positions -> (P, dim) float32 table of [sin, cos] at frequencies 1 / 10000^(i / (dim/2)) (MAE/DiT).
+
+    Computed in float32 (DiT computes in float64; entries differ by a few float32 ulps at most).
+    """
     if dim % 2:
         raise LatentlabError(f"sin-cos embedding needs an even width, got {dim}")
-    omega = 1.0 / 10000 ** (np.arange(dim // 2, dtype=np.float64) / (dim / 2.0))  # (dim/2,)
-    out = np.outer(np.asarray(positions).reshape(-1).astype(np.float64), omega)  # (P, dim/2)
-    return np.concatenate([np.sin(out), np.cos(out)], axis=1)  # (P, dim)
-
-
-def sincos_1d(dim: int, positions: np.ndarray) -> torch.Tensor:
-    """Fixed 1D sin-cos position table (P, dim) float32 for positions (P,), computed in float64."""
-    return torch.from_numpy(_sincos(dim, positions)).float()
+    half = dim // 2
+    omega = 1.0 / (10000 ** (torch.arange(half, dtype=torch.float32) / half))  # (dim/2,)
+    pos = positions if isinstance(positions, torch.Tensor) else torch.as_tensor(np.asarray(positions))
+    out = pos.to(torch.float32).reshape(-1, 1) * omega  # (P, dim/2)
+    return torch.cat([torch.sin(out), torch.cos(out)], dim=1)  # (P, dim)
 
 
 def sincos_2d(dim: int, h: int, w: int, step: float = 1.0, offset: float = 0.0) -> torch.Tensor:
-    """Fixed 2D sin-cos position table (h*w, dim) float32, computed in float64: half the width encodes the row,
-    half the column. Cells sit at `grid_coords(n, step, offset)` (step 2, offset 0.5: a half-resolution grid)."""
+    """Fixed 2D sin-cos position table (h*w, dim) float32: half the width encodes the row, half the column.
+    Cells sit at `grid_coords(n, step, offset)` (step 2, offset 0.5: a half-resolution grid)."""
     if dim % 4:
         raise LatentlabError(f"2D sin-cos embedding needs a width divisible by 4, got {dim}")
-    rows, cols = np.meshgrid(grid_coords(h, step, offset), grid_coords(w, step, offset), indexing="ij")  # (h, w)
-    return torch.from_numpy(np.concatenate([_sincos(dim // 2, rows), _sincos(dim // 2, cols)], axis=1)).float()
+    rows, cols = torch.meshgrid(torch.as_tensor(grid_coords(h, step, offset), dtype=torch.float32),
+                                torch.as_tensor(grid_coords(w, step, offset), dtype=torch.float32),
+                                indexing="ij")  # (h, w) each
+    return torch.cat([sincos_1d(dim // 2, rows), sincos_1d(dim // 2, cols)], dim=1)  # (h*w, dim)
