@@ -5,11 +5,14 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
+import weakref
 import zlib
-from typing import Iterable, Iterator, TypeVar
+from typing import Any, Callable, Iterable, TypeVar
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from latentlab.errors import LatentlabError
 
@@ -85,15 +88,62 @@ def progress_enabled() -> bool:
     return is_main() and os.environ.get("LATENTLAB_PROGRESS", "1") != "0"
 
 
-def progress(iterable: Iterable[T] | None = None, desc: str = "", total: int | None = None,
-             leave: bool = False, **kw) -> Iterator[T]:
-    """A tqdm bar on stderr (disabled off rank 0 or with LATENTLAB_PROGRESS=0)."""
-    from tqdm.auto import tqdm
+class Progress(tqdm):
+    """A tqdm bar that shows it is alive before and between steps.
 
-    if not sys.stderr.isatty():  # a log file, not a terminal: a line every 30 s, not every 0.1 s
+    A heartbeat thread redraws the bar every `heartbeat` seconds (so the elapsed time keeps moving while
+    a long first step runs), `status(item)` names the item being worked on in the postfix, and the count
+    is kept current at every step (so a postfix refresh never shows a stale 0/N).
+    """
+
+    def __init__(self, *args, status: Callable[[Any], str] | None = None, heartbeat: float | None = None, **kw):
+        self._status = status
+        self._stop = threading.Event()
+        super().__init__(*args, **kw)
+        if not self.disable and heartbeat:
+            threading.Thread(target=_beat, args=(weakref.ref(self), self._stop, heartbeat), daemon=True).start()
+
+    def __iter__(self):
+        if self.disable:
+            yield from self.iterable
+            return
+        try:
+            for item in self.iterable:
+                if self._status is not None:
+                    self.set_postfix_str(self._status(item))
+                yield item
+                self.update(1)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Stop the heartbeat, then close the bar."""
+        self._stop.set()
+        super().close()
+
+
+def _beat(ref: weakref.ref, stop: threading.Event, every: float) -> None:
+    while not stop.wait(every):
+        bar = ref()
+        if bar is None or bar.disable:
+            return
+        bar.refresh()
+        del bar
+
+
+def progress(iterable: Iterable[T] | None = None, desc: str = "", total: int | None = None,
+             leave: bool = False, status: Callable[[T], str] | None = None, heartbeat: float | None = None,
+             **kw) -> Progress:
+    """A `Progress` bar on stderr (disabled off rank 0 or with LATENTLAB_PROGRESS=0).
+
+    `status(item)` is shown while an item is worked on; the bar is redrawn every `heartbeat` seconds
+    (default 1 s on a terminal, 30 s in a log file, where tqdm also writes a line at most every 30 s).
+    """
+    tty = sys.stderr.isatty()
+    if not tty:  # a log file, not a terminal: a line every 30 s, not every 0.1 s
         kw.setdefault("mininterval", 30.0)
-    return tqdm(iterable, desc=desc, total=total, leave=leave, file=sys.stderr,
-                disable=not progress_enabled(), dynamic_ncols=True, **kw)
+    return Progress(iterable, desc=desc, total=total, leave=leave, file=sys.stderr, disable=not progress_enabled(),
+                    dynamic_ncols=True, status=status, heartbeat=heartbeat or (1.0 if tty else 30.0), **kw)
 
 
 def warn(msg: str) -> None:

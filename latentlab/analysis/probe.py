@@ -292,7 +292,8 @@ def run_probe(tokenizers: list[TokenizerLatents], out: str | os.PathLike,
             check_labels(tok.test, f"tokenizer {tok.name!r} test store ({tok.test.path})")
     check_finite(tokenizers)
     rows, images = [], []
-    for tok in progress(tokenizers, desc="tokenizers", total=len(tokenizers), leave=True):
+    for tok in progress(tokenizers, desc="tokenizers", total=len(tokenizers), leave=True,
+                        status=lambda t: f"{t.name}: probe, kNN, clusters"):
         r, im = discriminability_row(tok, cfg, gmm_nll)
         rows.append(r)
         images.append(im)

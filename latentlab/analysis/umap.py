@@ -84,7 +84,9 @@ def run_umap(tokenizers: list[TokenizerLatents], out: str | os.PathLike, cfg: Um
         check_labels(t.train, f"tokenizer {t.name!r} ({t.train.path})")
     check_finite(tokenizers)
     check_output(out, UMAP_KIND)  # before any work
-    frames = [_embed_one(t, cfg) for t in progress(tokenizers, desc="umap", total=len(tokenizers), leave=True)]
+    bar = progress(tokenizers, desc="umap", total=len(tokenizers), leave=True,
+                   status=lambda t: f"{t.name}: PCA + UMAP of up to {cfg.n} latents")
+    frames = [_embed_one(t, cfg) for t in bar]
     table = pd.concat(frames, ignore_index=True)
     out = Path(out)
     with output_dir(out, UMAP_KIND) as tmp:

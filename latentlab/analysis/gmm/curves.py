@@ -88,7 +88,7 @@ def em_features(toks: Sequence[TokenizerLatents], cfg: FitGMMConfig) -> tuple[di
     """Split, fit a PCA on each training part, pick the common dimension(s) and z-score both parts."""
     bs = cfg.batch_size or 8192
     splits, pcas = {}, {}
-    for t in progress(toks, desc="PCA"):
+    for t in progress(toks, desc="PCA", status=lambda t: t.name):
         tr, ho = split_rows(len(t.train), cfg.heldout, cfg.seed)
         check_sizes(t.name, len(tr), cfg)
         splits[t.name] = (tr, ho)

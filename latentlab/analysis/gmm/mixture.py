@@ -195,8 +195,12 @@ class GaussianMixture(DensityMixin, BaseEstimator):
         max_lb, best, best_n_iter, best_lbs, best_reg = -math.inf, None, 0, [], self.reg_covar
         self.converged_ = False
         for init in range(self.n_init if do_init else 1):
+            # the bar exists before the (k-means) initialisation, so a long one shows it is alive
+            bar = progress(total=self.max_iter, desc=f"EM K={self.n_components}") if self.progress else None
             if do_init:
                 reg = float(self.reg_covar)
+                if bar is not None:
+                    bar.set_postfix_str(f"{self.init_params} initialisation")
                 params, reg = self._initial_params(src, rng, bs, reg)
                 lb = -math.inf
             else:
@@ -205,23 +209,24 @@ class GaussianMixture(DensityMixin, BaseEstimator):
             if self.verbose:
                 info(f"GMM K={self.n_components}: initialisation {init}")
             if self.max_iter == 0:
+                if bar is not None:
+                    bar.close()
                 best, best_n_iter, best_reg = params, 0, reg
                 continue
             lbs, converged = [], False
-            bar = progress(range(1, self.max_iter + 1), desc=f"EM K={self.n_components}") \
-                if self.progress else range(1, self.max_iter + 1)
-            for n_iter in bar:
+            for n_iter in range(1, self.max_iter + 1):
                 prev = lb
                 params, lb, reg = self._em_step(src, params, bs, reg, full)
                 lbs.append(lb)
-                if self.progress:
+                if bar is not None:  # the count advances with every EM iteration, shown with its lower bound
+                    bar.update(1)
                     bar.set_postfix(lower_bound=f"{lb:.4f}")
                 if self.verbose >= 2:
                     info(f"  iteration {n_iter}: lower bound {lb:.6f} (change {lb - prev:.3g})")
                 if abs(lb - prev) < self.tol:
                     converged = True
                     break
-            if self.progress:
+            if bar is not None:
                 bar.close()
             # a later init must beat the best by more than float noise: equal optima (often the same mixture with
             # its components permuted) keep the first, so the choice does not depend on summation order (ranks)

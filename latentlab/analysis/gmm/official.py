@@ -81,7 +81,7 @@ def official_features(toks: Sequence, cfg) -> tuple[list, dict]:
 
     want = int(cfg.pca_dim or cfg.official_dim)
     feats, explained = [], {}
-    for t in progress(toks, desc=cfg.reducer.upper()):
+    for t in progress(toks, desc=cfg.reducer.upper(), status=lambda t: t.name):
         n, d = len(t.train), t.train.dim
         k = min(want, d, n - 1)
         if k < want:
@@ -158,8 +158,8 @@ def fit_adam(train: np.ndarray, heldout: np.ndarray, k: int, cfg, show: bool = F
     x, xh = torch.from_numpy(train).to(dev), torch.from_numpy(heldout).to(dev)  # (n, D), (m, D)
     bs, n = int(cfg.official_batch_size), len(train)
     hist = {"train_loss": [], "heldout_nll": []}
-    bar = progress(range(cfg.official_epochs), desc=f"Adam K={k}") if show else range(cfg.official_epochs)
-    for epoch in bar:
+    bar = progress(total=cfg.official_epochs, desc=f"Adam K={k}") if show else None
+    for epoch in range(cfg.official_epochs):
         perm = torch.randperm(n, generator=g).to(dev)
         total = torch.zeros((), device=dev)
         steps = 0
@@ -177,8 +177,11 @@ def fit_adam(train: np.ndarray, heldout: np.ndarray, k: int, cfg, show: bool = F
         hist["train_loss"].append(ep)
         if len(xh):
             hist["heldout_nll"].append(model.nll(xh))
-        if show:
+        if bar is not None:  # the count advances with every epoch, shown with its loss
+            bar.update(1)
             bar.set_postfix(loss=f"{ep:.4f}")
+    if bar is not None:
+        bar.close()
     return model, hist
 
 
