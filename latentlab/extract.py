@@ -28,6 +28,7 @@ The workspace is $LATENTLAB_WORKSPACE, or ./workspace.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from dataclasses import dataclass
@@ -89,16 +90,46 @@ def extract(tokenizer: str | Path, dataset: str | None = None, split: str = Extr
             weights: str = ExtractConfig.weights, device: str = ExtractConfig.device,
             name: str | None = None) -> LatentStore:
     """Encode a dataset split with a tokenizer into a new LatentStore at `out` (rank 0 writes; all ranks encode)."""
+    return extract_set(tokenizer, dataset, (split,), out, batch_size, weights, device, name, as_set=False)[split]
+
+
+def extract_set(tokenizer: str | Path, dataset: str | None = None, splits: Sequence[str] = ("train", "test"),
+                out: str | Path | None = None, batch_size: int = ExtractConfig.batch_size,
+                weights: str = ExtractConfig.weights, device: str = ExtractConfig.device,
+                name: str | None = None, as_set: bool = True) -> dict[str, LatentStore]:
+    """Encode several splits with one loaded tokenizer into a store set OUT/<split>/, which appears whole or not
+    at all (with as_set=False and one split: the store OUT itself)."""
     if out is None:
         raise LatentlabError("give --out, the store directory to write")
     if batch_size < 1:
         raise LatentlabError("--batch-size must be >= 1")
-    check_output(out, STORE_KIND)  # before any work
+    if not splits or len(set(splits)) != len(splits) or (not as_set and len(splits) != 1):
+        raise LatentlabError(f"give each split once (got {', '.join(splits) or 'none'})")
+    out = Path(out)
+    check_output(out, STORE_SET_KIND if as_set else STORE_KIND)  # before any work
     dev = get_device(device)
     model, info = open_tokenizer(tokenizer, weights, dev)
     dataset = dataset or info.get("dataset")
     if not dataset:
         raise LatentlabError(f"{tokenizer} does not record its dataset; pass --dataset")
+    if not as_set:
+        return {splits[0]: _extract_split(model, info, tokenizer, dataset, splits[0], out, out, batch_size, dev, name)}
+    with output_dir(out, STORE_SET_KIND) if is_main() else contextlib.nullcontext(None) as tmp:
+        for split in splits:  # rank 0 writes into the set's temporary folder; part files go beside the set
+            _extract_split(model, info, tokenizer, dataset, split, tmp / split if tmp is not None else None,
+                           out.with_name(f"{out.name}-{split}"), batch_size, dev, name)
+    if world_size() > 1:
+        torch.distributed.barrier()
+    return {split: LatentStore.open(out / split) for split in splits}
+
+
+def _extract_split(model: torch.nn.Module, info: dict, tokenizer: str | Path, dataset: str, split: str,
+                   out: Path | None, parts: Path, batch_size: int, dev: torch.device, name: str | None
+                   ) -> LatentStore | None:
+    """Encode one split with a loaded tokenizer into the store `out` (rank 0; other ranks may pass None).
+
+    Under several ranks each encodes its contiguous shard to `.PARTS.part-RANK.npz` and rank 0 assembles them.
+    """
     ds = get_dataset(dataset, split, image_size=info["image_size"])
     if info["channels"] is not None and ds.channels != info["channels"]:
         raise LatentlabError(f"{tokenizer} expects {info['channels']}-channel images but {dataset} has {ds.channels}; "
@@ -106,7 +137,6 @@ def extract(tokenizer: str | Path, dataset: str | None = None, split: str = Extr
     meta = {"name": name or info["name"], "tokenizer": info.get("tokenizer", info["name"]),
             "checkpoint_hash": info["checkpoint_hash"], "dataset": dataset, "split": split,
             "encode": "posterior mode", "image_size": ds.image_size, "channels": ds.channels, "spec": str(tokenizer)}
-    out = Path(out)
     r, ws = rank(), world_size()
     start, end = rank_range(len(ds), r, ws)
     if ws == 1:
@@ -122,20 +152,17 @@ def extract(tokenizer: str | Path, dataset: str | None = None, split: str = Extr
         if writer is None:
             raise LatentlabError(f"{dataset} split {split} is empty")
         return writer.close()
-    # several ranks: each encodes its contiguous shard to a part file, rank 0 assembles the store in order
-    part = out.with_name(f".{out.name}.part-{r}.npz")
-    parts = list(encode_dataset(model, ds, start, end, batch_size, dev))
-    z = np.concatenate([p[0] for p in parts]) if parts else None
-    y = np.concatenate([p[1] for p in parts]) if parts else None
+    part = parts.with_name(f".{parts.name}.part-{r}.npz")
+    chunks = list(encode_dataset(model, ds, start, end, batch_size, dev))
     part.parent.mkdir(parents=True, exist_ok=True)
-    if z is not None:
-        np.savez(part, z=z, y=y)
+    if chunks:
+        np.savez(part, z=np.concatenate([c[0] for c in chunks]), y=np.concatenate([c[1] for c in chunks]))
     torch.distributed.barrier()
     try:
         if is_main():
             writer = None
             for q in range(ws):
-                f = out.with_name(f".{out.name}.part-{q}.npz")
+                f = parts.with_name(f".{parts.name}.part-{q}.npz")
                 if not f.is_file():
                     continue
                 with np.load(f) as d:
@@ -146,7 +173,7 @@ def extract(tokenizer: str | Path, dataset: str | None = None, split: str = Extr
         torch.distributed.barrier()
     finally:
         part.unlink(missing_ok=True)
-    return LatentStore.open(out)
+    return LatentStore.open(out) if out is not None else None
 
 
 def cache_dir(run: str | Path, dataset: str, split: str) -> Path:

@@ -16,7 +16,7 @@ A store is written to a temporary directory and renamed, so it is complete or ab
 `dim = prod(sample_shape)` features (or pools it) and splits the rows by rank.
 
 A *store set* is a directory whose `train/` and `test/` subdirectories are stores
-(what `import-latents --dataset` and tokenizer extraction write); `open_split` finds
+(what `import-latents --dataset`, `extract --split train,test` and the per-run latent cache write); `open_split` finds
 the requested split in either form.
 """
 

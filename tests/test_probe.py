@@ -124,8 +124,12 @@ def test_probe_cli_end_to_end(tmp_path, rng):
     assert code == 0, err
     summary = json.loads(out)
     rows = {r["tokenizer"]: r for r in summary["rows"]}
-    assert rows["a"]["eval_split"] == "test" and rows["a"]["n_train"] == 500 and rows["a"]["n_test"] == 200
+    # b has no test store, so both are scored on the same seeded 20% holdout of their train rows
+    assert rows["a"]["eval_split"] == "holdout-20%" and rows["a"]["n_train"] + rows["a"]["n_test"] == 500
+    assert abs(rows["a"]["n_test"] - 100) <= 8 // 2  # stratified: 20% of each of 8 classes, rounded per class
     assert rows["b"]["eval_split"] == "holdout-20%" and rows["b"]["n_train"] == 320 and rows["b"]["n_test"] == 80
+    assert summary["eval_split"] == "holdout-20%"
+    assert "'b' has no test split" in err and "not on the same images" in err  # a and b hold different data
     assert rows["a"]["top1"] > 0.9 and rows["a"]["top5"] is not None and rows["b"]["top5"] is None
     assert rows["a"]["gmm_heldout_nll"] == 4.2 and rows["b"]["gmm_heldout_nll"] == 5.7
     assert rows["a"]["feature_dim"] == 24 and rows["a"]["pool"] == "flatten"

@@ -16,7 +16,8 @@ lp_top5, knn_top1: whether that image was classified correctly), the per-image v
 probe.csv's columns:
 tokenizer, top1, top5 (NaN with <= 5 classes), knn_top1, silhouette, calinski_harabasz,
 davies_bouldin, fisher_ratio, rankme, gmm_heldout_nll (only with a gmm.csv), n_train,
-n_test, feature_dim, pool, eval_split ("test" or "holdout-20%") and seconds.
+n_test, feature_dim, pool, eval_split ("test" or "holdout-20%", the same for every row: the test split
+when every tokenizer has one, else the same seeded holdout for all) and seconds.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from latentlab.outputs import check_output, output_dir
 from latentlab.plots.probe import plot_probe
 from latentlab.schedules import get_lr
 from latentlab.trainer import TrainConfig
-from latentlab.utils import get_device, info, progress, torch_seeded
+from latentlab.utils import get_device, info, progress, torch_seeded, warn
 
 class LinearProbe(nn.Module):
     """MAE's linear-probe head: BatchNorm1d(affine=False) then Linear."""
@@ -222,11 +223,12 @@ def gmm_nll_lookup(path: str | os.PathLike, k: int) -> dict[str, float]:
     return {str(t): float(v) for t, v in zip(at_k["tokenizer"], at_k["heldout_nll"])}
 
 
-def split_features(tok: TokenizerLatents, cfg: DiscriminabilityConfig) -> tuple[Rows, Rows, str]:
-    """(train, eval, eval_split): the test store when there is one, else a seeded stratified holdout."""
+def split_features(tok: TokenizerLatents, cfg: DiscriminabilityConfig,
+                   use_test: bool = True) -> tuple[Rows, Rows, str]:
+    """(train, eval, eval_split): the test store when there is one (and `use_test`), else a seeded stratified holdout."""
     max_bytes = int(cfg.max_memory_gb * 2**30)
     labels = check_labels(tok.train, f"tokenizer {tok.name!r} ({tok.train.path})")
-    if tok.test is not None:
+    if tok.test is not None and use_test:
         check_labels(tok.test, f"tokenizer {tok.name!r} test store ({tok.test.path})")
         if tok.test.sample_shape != tok.train.sample_shape:
             raise LatentlabError(f"tokenizer {tok.name!r}: train latents are {tok.train.sample_shape} but test latents "
@@ -249,10 +251,11 @@ def per_image_hits(topk: np.ndarray, labels: np.ndarray, k: int, num_classes: in
 
 
 def discriminability_row(tok: TokenizerLatents, cfg: DiscriminabilityConfig,
-                         gmm_nll: dict[str, float] | None = None) -> tuple[dict, pd.DataFrame]:
+                         gmm_nll: dict[str, float] | None = None, use_test: bool = True
+                         ) -> tuple[dict, pd.DataFrame]:
     """Every metric of one tokenizer (one probe.csv row) and its per-image correctness (probe_images.csv rows)."""
     t0 = time.perf_counter()
-    train, test, eval_split = split_features(tok, cfg)
+    train, test, eval_split = split_features(tok, cfg, use_test)
     num_classes = int(max(train.labels.max(), test.labels.max())) + 1
     res = linear_probe(train, test, num_classes, cfg.probe)
     knn = knn_accuracy(train, test, num_classes, cfg.knn_k, cfg.knn_temperature, cfg.probe.device)
@@ -276,12 +279,36 @@ def discriminability_row(tok: TokenizerLatents, cfg: DiscriminabilityConfig,
     return row, images
 
 
+def common_eval_split(tokenizers: list[TokenizerLatents], cfg: DiscriminabilityConfig) -> bool:
+    """Whether every tokenizer is scored on its test store (all have one) or else all on the same seeded holdout.
+
+    Warns when the evaluated rows cannot be the same images (the tokenizers' labels differ).
+    """
+    use_test = all(t.test is not None for t in tokenizers)
+    if not use_test and any(t.test is not None for t in tokenizers):
+        info(f"scoring every tokenizer on the same seeded {cfg.holdout_fraction:.0%} holdout of its train rows: "
+             f"{', '.join(repr(t.name) for t in tokenizers if t.test is None)} "
+             f"{'has' if sum(t.test is None for t in tokenizers) == 1 else 'have'} no test split")
+    stores = [(t.name, t.test if use_test else t.train) for t in tokenizers]
+    first_name, first = stores[0]
+    for name, store in stores[1:]:
+        if len(store) != len(first) or not np.array_equal(store.labels, first.labels):
+            warn(f"tokenizers {first_name!r} and {name!r} have different {'test' if use_test else 'train'} labels "
+                 f"({len(first)} and {len(store)} rows): their scores are not on the same images")
+    return use_test
+
+
 PROBE_KIND = "probe output"  # the `.latentlab` marker kind of its output folder
 
 
 def run_probe(tokenizers: list[TokenizerLatents], out: str | os.PathLike,
               cfg: DiscriminabilityConfig | None = None) -> dict:
-    """Probe and measure every tokenizer; write OUT/probe.csv, OUT/probe_images.csv and OUT/probe.png."""
+    """Probe and measure every tokenizer on the same held-out images; write OUT/probe.csv, OUT/probe_images.csv
+    and OUT/probe.png.
+
+    All tokenizers are scored on their test stores when every one has a test store, else all on the
+    same seeded stratified holdout of their train rows (the `eval_split` column says which).
+    """
     cfg = cfg or DiscriminabilityConfig()
     _check_config(cfg)
     check_output(out, PROBE_KIND)  # before any work
@@ -291,10 +318,11 @@ def run_probe(tokenizers: list[TokenizerLatents], out: str | os.PathLike,
         if tok.test is not None:
             check_labels(tok.test, f"tokenizer {tok.name!r} test store ({tok.test.path})")
     check_finite(tokenizers)
+    use_test = common_eval_split(tokenizers, cfg)
     rows, images = [], []
     for tok in progress(tokenizers, desc="tokenizers", total=len(tokenizers), leave=True,
                         status=lambda t: f"{t.name}: probe, kNN, clusters"):
-        r, im = discriminability_row(tok, cfg, gmm_nll)
+        r, im = discriminability_row(tok, cfg, gmm_nll, use_test)
         rows.append(r)
         images.append(im)
         info(f"{tok.name}: probe top1 {r['top1']:.4f}, kNN top1 {r['knn_top1']:.4f} "
@@ -308,7 +336,8 @@ def run_probe(tokenizers: list[TokenizerLatents], out: str | os.PathLike,
         plot_probe(df, tmp / "probe.png")
     csv, per_image, png = out / "probe.csv", out / "probe_images.csv", out / "probe.png"
     clean = [{k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in r.items()} for r in rows]
-    return {"out": str(out), "csv": str(csv), "per_image": str(per_image), "png": str(png), "rows": clean}
+    return {"out": str(out), "csv": str(csv), "per_image": str(per_image), "png": str(png),
+            "eval_split": rows[0]["eval_split"] if rows else None, "rows": clean}
 
 
 def summary_text(summary: dict) -> str:

@@ -14,8 +14,10 @@ P, D, U = ProbeConfig(), DiscriminabilityConfig(), UmapConfig()  # defaults show
 
 @cli.command("probe", help=f"""Linear probe (MAE protocol) and structure metrics of each tokenizer's latents.
 
-    Trains BatchNorm1d(affine=False) + Linear on frozen train latents, evaluates on the test
-    store (or a stratified {D.holdout_fraction:.0%} holdout, seeded), and measures DINO weighted kNN accuracy
+    Trains BatchNorm1d(affine=False) + Linear on frozen train latents, evaluates every tokenizer
+    on the same held-out images: the test stores when every tokenizer has one, else the same
+    seeded, stratified {D.holdout_fraction:.0%} holdout of the train rows for all (column eval_split), and
+    measures DINO weighted kNN accuracy
     (k={D.knn_k}, T={D.knn_temperature}), silhouette / Calinski-Harabasz / Davies-Bouldin, the Fisher ratio
     tr(S_B)/tr(S_W) and RankMe effective rank. Writes OUT/probe.csv and OUT/probe.png.
 

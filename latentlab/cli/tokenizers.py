@@ -9,7 +9,8 @@ from latentlab.cli.common import COUNT, LEARNING_RATE, NATURAL, emit, given, jso
 from latentlab.config import ExtractConfig
 from latentlab.datasets import SPLITS
 from latentlab.io import WEIGHTS
-from latentlab.tokenizers.config import ARCHS, SIZES, STAGES, TRAIN_DEFAULTS, TokenizerConfig, TokenizerRunConfig
+from latentlab.tokenizers.config import (ARCHS, DEFAULT_DATASET, SIZES, STAGES, TRAIN_DEFAULTS, TokenizerConfig,
+                                        TokenizerRunConfig)
 
 R, M, X = TokenizerRunConfig(), TokenizerConfig(), ExtractConfig()  # defaults shown in --help come from the dataclasses
 
@@ -20,7 +21,8 @@ R, M, X = TokenizerRunConfig(), TokenizerConfig(), ExtractConfig()  # defaults s
 @click.option("--arch", type=click.Choice(ARCHS), default=None, help=f"Tokenizer kind [{R.arch}].")
 @click.option("--size", type=click.Choice(list(SIZES)), default=None, help=f"Size preset [{R.size}].")
 @click.option("--dataset", default=None,
-              help=f"Dataset spec (mnist5k, digits, shapes, cifar10:PATH, imagefolder:PATH) [{R.dataset}].")
+              help=f"Dataset spec (mnist5k, digits, shapes, cifar10:PATH, imagefolder:PATH) [{DEFAULT_DATASET}; "
+                   "with --stage decoder-finetune the --init run's dataset and image size].")
 @click.option("--image-size", type=COUNT, default=None, help="Resize images to this size [the dataset's].")
 @click.option("--stage", type=click.Choice(STAGES), default=None,
               help=f"decoder-finetune: freeze the encoder of --init, masking off, train the pixel decoder [{R.stage}].")
@@ -69,30 +71,39 @@ def train_tokenizer_cmd(config_path, arch, size, dataset, image_size, stage, ini
 @click.option("--tokenizer", required=True,
               help="Tokenizer run directory, diffusers:PATH_OR_NAME or python:MODULE:CALLABLE[:ARG=VALUE,...].")
 @click.option("--dataset", default=None, help="Dataset spec [the one the tokenizer was trained on].")
-@click.option("--split", type=click.Choice(SPLITS), default=None, help=f"Dataset split [{X.split}].")
-@click.option("--out", required=True, type=click.Path(), help="LatentStore directory to write (replaced atomically).")
+@click.option("--split", type=click.Choice([*SPLITS, ",".join(SPLITS)]), default=None,
+              help=f"Dataset split; {','.join(SPLITS)} writes a store set (OUT/train and OUT/test) [{X.split}].")
+@click.option("--out", required=True, type=click.Path(), help="LatentStore (or store set) directory to write.")
 @click.option("--batch-size", type=COUNT, default=None, help=f"Images per encoder batch [{X.batch_size}].")
 @click.option("--weights", type=click.Choice(WEIGHTS), default=None, help=f"Which weights of a run [{X.weights}].")
 @click.option("--device", default=None, help=f"cpu, cuda, cuda:N or auto [{X.device}].")
 @json_option
 def extract_cmd(tokenizer, dataset, split, out, batch_size, weights, device, as_json):
-    """Encode a dataset split with a tokenizer (posterior mode) into a LatentStore.
+    """Encode a dataset split with a tokenizer (posterior mode) into a LatentStore, or both splits into a store set.
 
     \b
     latentlab extract --tokenizer RUN --dataset mnist5k --split train --out STORE
+    latentlab extract --tokenizer RUN --split train,test --out SET      # SET/train and SET/test
     torchrun --nproc-per-node 2 $(which latentlab) extract --tokenizer RUN --out STORE
     """
-    from latentlab.extract import extract
+    from latentlab.extract import extract_set
     from latentlab.utils import init_distributed_from_env
 
     init_distributed_from_env()
-    store = extract(tokenizer, dataset, out=out, **given(split=split, batch_size=batch_size, weights=weights, device=device))
-    m = store.manifest
-    summary = {"out": str(store.path), "count": m["count"], "sample_shape": m["sample_shape"], "layout": m["layout"],
-               "checkpoint_hash": m["checkpoint_hash"], "dataset": m["dataset"], "split": m["split"],
-               "stats": {k: m["stats"].get(k) for k in ("global_mean", "global_std")}}
-    emit(summary, as_json, lambda s: f"wrote {s['out']}: {s['count']} latents of shape {tuple(s['sample_shape'])} "
-                                     f"({s['layout']}), checkpoint {s['checkpoint_hash']}")
+    splits = (split or X.split).split(",")
+    stores = extract_set(tokenizer, dataset, splits, out, as_set=len(splits) > 1,
+                         **given(batch_size=batch_size, weights=weights, device=device))
+
+    def one(store) -> dict:
+        m = store.manifest
+        return {"out": str(store.path), "count": m["count"], "sample_shape": m["sample_shape"], "layout": m["layout"],
+                "checkpoint_hash": m["checkpoint_hash"], "dataset": m["dataset"], "split": m["split"],
+                "stats": {k: m["stats"].get(k) for k in ("global_mean", "global_std")}}
+
+    summary = one(stores[splits[0]]) if len(splits) == 1 else {"out": str(out), "stores": {s: one(v) for s, v in stores.items()}}
+    emit(summary, as_json, lambda s: "\n".join(
+        f"wrote {v['out']}: {v['count']} latents of shape {tuple(v['sample_shape'])} ({v['layout']}), "
+        f"checkpoint {v['checkpoint_hash']}" for v in s.get("stores", {"": s}).values()))
 
 
 @cli.command("tokenizers")

@@ -17,7 +17,7 @@ from latentlab.errors import LatentlabError
 from latentlab.metrics.config import MetricsConfig
 from latentlab.study.columns import fd_column_names, study_metrics
 from latentlab.sit.config import SampleConfig, SiTTrainConfig
-from latentlab.tokenizers.config import TokenizerConfig, TokenizerRunConfig
+from latentlab.tokenizers.config import TokenizerConfig, TokenizerRunConfig, check_applicable
 from latentlab.tokenizers.models import TOKENIZERS
 from latentlab.tokenizers.plugins import describe_plugin, plugin_from_factory
 from latentlab.tokenizers.targets import TEACHER_PACKAGES
@@ -135,6 +135,7 @@ def _entry(name: str, raw) -> TokenizerEntry:
             TokenizerRunConfig(arch=e.arch, size=e.size, train=e.decoder_finetune).train_config(
                 f"tokenizers.{name}.decoder_finetune")
         check_fields(TokenizerConfig, e.model, f"tokenizers.{name}.model")
+        check_applicable(e.arch, e.model, f"tokenizers.{name}.model")
     if e.arch == "pretrained" and not e.pretrained:
         raise LatentlabError(f"tokenizer {name!r}: arch 'pretrained' needs 'pretrained: diffusers:PATH'")
     if e.arch == "python":

@@ -7,9 +7,11 @@ training defaults `TRAIN_DEFAULTS`).
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 from latentlab.config import TrainConfig, train_config
+from latentlab.errors import LatentlabError
 
 ARCHS = ("ae", "vae", "vavae", "maetok")  # the keys of models.TOKENIZERS, in its order
 STAGES = ("full", "decoder-finetune")
@@ -136,6 +138,40 @@ SIZES: dict[str, dict] = {
 }
 
 
+# TokenizerConfig fields that only some kinds use; every other field applies to every kind.
+KIND_FIELDS: dict[str, tuple[str, ...]] = {
+    "ae": (),
+    "vae": ("kl_weight",),
+    "vavae": ("kl_weight", "teacher", "align_weight", "align_m1", "align_m2", "align_adaptive"),
+    "maetok": ("mask", "mask_min", "mask_max", "aux_targets", "aux_depth", "aux_weight"),
+}
+
+
+def unused_fields(cfg: TokenizerConfig | str) -> set[str]:
+    """The TokenizerConfig fields a kind (an arch, or a whole config) does not use."""
+    arch = cfg if isinstance(cfg, str) else cfg.arch
+    unused = {f for fields in KIND_FIELDS.values() for f in fields} - set(KIND_FIELDS[arch])
+    if not isinstance(cfg, str):
+        unused |= ({"perceptual_weight"} if not cfg.perceptual else set()) | ({"gan_start"} if cfg.gan_weight <= 0 else set())
+    return unused
+
+
+def model_record(cfg: TokenizerConfig) -> dict:
+    """The model config a run records: only the fields that apply to its kind (loading fills in the rest)."""
+    unused = unused_fields(cfg)
+    return {k: v for k, v in dataclasses.asdict(cfg).items() if k not in unused}
+
+
+def check_applicable(arch: str, keys, where: str = "model") -> None:
+    """Refuse model overrides that `arch` does not use (e.g. a teacher for a plain ae)."""
+    bad = sorted(set(keys) & unused_fields(arch))
+    if bad:
+        owners = [a for a, fields in KIND_FIELDS.items() if bad[0] in fields]
+        raise LatentlabError(f"{where}: {bad[0]!r} does not apply to arch {arch!r} (only to {', '.join(owners)}); "
+                             f"drop it or change the arch")
+
+
+DEFAULT_DATASET = "mnist5k"
 # Tokenizer training defaults (override any TrainConfig field under `train:` or on the command line).
 TRAIN_DEFAULTS = TrainConfig(steps=1000, batch_size=32, lr=2e-3, weight_decay=0.0, warmup_steps=100, min_lr_ratio=0.05,
                              ema_decay=0.995, log_every=50, eval_every=250, ckpt_every=500)
@@ -147,8 +183,8 @@ class TokenizerRunConfig:
 
     arch: str = "ae"
     size: str = "tiny"
-    dataset: str = "mnist5k"
-    image_size: int | None = None      # None: the dataset's native size
+    dataset: str | None = None         # None: mnist5k; a decoder fine-tune: the --init run's dataset
+    image_size: int | None = None      # None: the dataset's native size; a decoder fine-tune: the --init run's
     stage: str = "full"                # full | decoder-finetune (needs init)
     init: str | None = None            # run to start the decoder fine-tune from
     eval_images: int = 256             # held-out images for PSNR

@@ -7,6 +7,7 @@ overrides. Unknown keys are errors at every level.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from pathlib import Path
@@ -20,7 +21,8 @@ from latentlab.data import ImageDataset, get_dataset, to_uint8
 from latentlab.errors import LatentlabError
 from latentlab.io import atomic_path, file_hash, load_json, load_run_weights
 from latentlab.metrics.recon import psnr, to_unit
-from latentlab.tokenizers.config import TokenizerConfig, TokenizerRunConfig
+from latentlab.tokenizers.config import (DEFAULT_DATASET, TokenizerConfig, TokenizerRunConfig, check_applicable,
+                                         model_record, unused_fields)
 from latentlab.tokenizers.models import AETokenizer, build_tokenizer
 from latentlab.trainer import TrainTask, check_run_dir, index_batch, train
 from latentlab.utils import torch_seeded
@@ -68,22 +70,43 @@ class TokenizerTask(TrainTask):
         return self._run_cfg
 
 
+def _init_config(cfg: TokenizerRunConfig) -> dict | None:
+    """The --init run's config.json for a decoder fine-tune (None for a full run)."""
+    if cfg.stage != "decoder-finetune":
+        if cfg.init:
+            raise LatentlabError("--init is only used with --stage decoder-finetune")
+        return None
+    if not cfg.init:
+        raise LatentlabError("--stage decoder-finetune needs --init RUN (the trained tokenizer to fine-tune)")
+    init_cfg = load_json(Path(cfg.init) / "config.json", "run config of --init")
+    if init_cfg.get("kind") != "tokenizer" or "model" not in init_cfg:
+        raise LatentlabError(f"--init {cfg.init} is not a tokenizer run")
+    return init_cfg
+
+
 def build_run(cfg: TokenizerRunConfig) -> tuple[nn.Module, ImageDataset, ImageDataset, dict]:
-    """Datasets, model (initialised from `init` for the decoder fine-tune) and the run's config dict."""
+    """Datasets, model (initialised from `init` for the decoder fine-tune) and the run's config dict.
+
+    A decoder fine-tune trains on the dataset and image size of its --init run unless they are given.
+    """
+    init_cfg = _init_config(cfg)
+    if init_cfg is not None:
+        cfg = dataclasses.replace(cfg, dataset=cfg.dataset or init_cfg.get("dataset") or DEFAULT_DATASET,
+                                  image_size=cfg.image_size or init_cfg["model"].get("image_size"))
+    else:
+        cfg = dataclasses.replace(cfg, dataset=cfg.dataset or DEFAULT_DATASET)
     train_ds = get_dataset(cfg.dataset, "train", cfg.image_size)
     test_ds = get_dataset(cfg.dataset, "test", cfg.image_size)
     init_info = None
-    if cfg.stage == "decoder-finetune":
-        if not cfg.init:
-            raise LatentlabError("--stage decoder-finetune needs --init RUN (the trained tokenizer to fine-tune)")
-        init_cfg = load_json(Path(cfg.init) / "config.json", "run config of --init")
-        if init_cfg.get("kind") != "tokenizer":
-            raise LatentlabError(f"--init {cfg.init} is not a tokenizer run")
-        mdict = {**init_cfg["model"], **cfg.model, "stage": "decoder-finetune", "mask": False}
+    if init_cfg is not None:
+        arch = init_cfg["model"].get("arch", "ae")
+        check_applicable(arch, cfg.model)
+        mdict = {**init_cfg["model"], **cfg.model, "stage": "decoder-finetune"}
+        if "mask" not in unused_fields(arch):
+            mdict["mask"] = False  # the fine-tune sees whole images
         init_info = {"run": str(cfg.init), "checkpoint_hash": file_hash(Path(cfg.init) / "ema.safetensors")}
     else:
-        if cfg.init:
-            raise LatentlabError("--init is only used with --stage decoder-finetune")
+        check_applicable(cfg.arch, cfg.model)
         mdict = {"arch": cfg.arch, "size": cfg.size, **cfg.model, "stage": cfg.stage,
                  "image_size": train_ds.image_size, "channels": train_ds.channels}
     if mdict.get("image_size") != train_ds.image_size or mdict.get("channels") != train_ds.channels:
@@ -96,7 +119,7 @@ def build_run(cfg: TokenizerRunConfig) -> tuple[nn.Module, ImageDataset, ImageDa
         load_run_weights(cfg.init, model, "ema")
         model.freeze_encoder()
     run_cfg = {"kind": "tokenizer", "arch": mcfg.arch, "size": mcfg.size, "teacher": mcfg.teacher_label(),
-               "dataset": cfg.dataset, "stage": mcfg.stage, "init": init_info, "model": to_dict(mcfg),
+               "dataset": cfg.dataset, "stage": mcfg.stage, "init": init_info, "model": model_record(mcfg),
                "run": {k: v for k, v in to_dict(cfg).items() if k not in ("model", "train", "init")}}
     return model, train_ds, test_ds, run_cfg
 
@@ -110,7 +133,7 @@ def train_tokenizer(cfg: TokenizerRunConfig, out: str | Path, resume: bool = Fal
     summary = train(task, tcfg, out, resume=resume)
     n_params = sum(p.numel() for p in model.parameters())
     return {**summary, "arch": run_cfg["arch"], "size": run_cfg["size"], "teacher": run_cfg["teacher"],
-            "stage": run_cfg["stage"], "dataset": cfg.dataset, "params": n_params,
+            "stage": run_cfg["stage"], "dataset": run_cfg["dataset"], "params": n_params,
             "latent_shape": list(model.latent_shape), "psnr": summary["eval"].get("psnr")}
 
 
