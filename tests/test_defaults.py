@@ -227,3 +227,45 @@ def test_probe_scores_every_tokenizer_on_the_same_heldout_images(tmp_path, rng):
     summary = json.loads(out)
     assert summary["eval_split"] == "test"
     assert {r["eval_split"] for r in summary["rows"]} == {"test"} and {r["n_test"] for r in summary["rows"]} == {100}
+
+
+def _set_worker(rank, world, init_file, run, out):
+    import torch
+
+    from latentlab.extract import extract_set
+
+    torch.set_num_threads(1)
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        extract_set(run, "digits", ("train", "test"), out, batch_size=64, device="cpu")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_store_set_is_whole_or_absent_and_two_ranks_equal_one(tmp_path, monkeypatch):
+    import torch.multiprocessing as mp
+
+    import latentlab.extract as ex
+    from latentlab.errors import LatentlabError
+    from latentlab.latents import LatentStore
+
+    run = _tiny_run(tmp_path)
+    one = ex.extract_set(run, "digits", ("train", "test"), tmp_path / "one", device="cpu")
+    mp.spawn(_set_worker, args=(2, str(tmp_path / "init"), str(run), str(tmp_path / "two")), nprocs=2, join=True)
+    for split in ("train", "test"):
+        two = LatentStore.open(tmp_path / "two" / split)
+        assert np.allclose(one[split].load()[0], two.load()[0], atol=1e-6)
+        assert np.array_equal(one[split].labels, two.labels) and two.split == split
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no part files left
+    # a failure in the second split leaves no half-written set behind
+    real = ex._extract_split
+
+    def fail_on_test(model, info, tokenizer, dataset, split, *rest):
+        if split == "test":
+            raise LatentlabError("planted failure")
+        return real(model, info, tokenizer, dataset, split, *rest)
+
+    monkeypatch.setattr(ex, "_extract_split", fail_on_test)
+    with pytest.raises(LatentlabError, match="planted"):
+        ex.extract_set(run, "digits", ("train", "test"), tmp_path / "half", device="cpu")
+    assert not (tmp_path / "half").exists()
