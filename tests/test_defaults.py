@@ -96,7 +96,7 @@ def test_decoder_finetune_takes_the_dataset_and_image_size_of_its_init_run(tmp_p
     cfg = json.loads((tmp_path / "ft2" / "config.json").read_text())
     assert cfg["dataset"] == "mnist5k" and cfg["run"]["image_size"] == 8
     # a full run without --dataset still defaults to mnist5k
-    from latentlab.tokenizers.training import DEFAULT_DATASET
+    from latentlab.tokenizers.config import DEFAULT_DATASET
     assert DEFAULT_DATASET == "mnist5k"
 
 
@@ -106,8 +106,9 @@ def test_recorded_model_config_holds_only_the_fields_that_apply(tmp_path):
     import torch
 
     from latentlab.config import to_dict
-    from latentlab.tokenizers.models import TOKENIZERS, TokenizerConfig, build_tokenizer
-    from latentlab.tokenizers.training import KIND_FIELDS, load_tokenizer
+    from latentlab.tokenizers.config import KIND_FIELDS, TokenizerConfig
+    from latentlab.tokenizers.models import TOKENIZERS, build_tokenizer
+    from latentlab.tokenizers.training import load_tokenizer
 
     assert set(KIND_FIELDS) == set(TOKENIZERS)
     names = {f.name for f in dataclasses.fields(TokenizerConfig)}
