@@ -41,7 +41,7 @@ import torch
 from latentlab.config import ExtractConfig
 from latentlab.data import get_dataset
 from latentlab.errors import LatentlabError
-from latentlab.io import file_hash, load_json, obj_hash, workspace_root
+from latentlab.io import file_hash, load_json, load_npy, obj_hash, workspace_root
 from latentlab.latents import STORE_KIND, STORE_SET_KIND, LatentStore, count_nonfinite_rows, is_store, open_split
 from latentlab.outputs import check_output, output_dir
 from latentlab.planted import parse_planted, planted_slug, write_planted
@@ -245,51 +245,18 @@ def cached_planted(spec: str) -> dict[str, LatentStore]:
 
 # ---------------------------------------------------------------- importing
 
-_NPY_MAGIC = b"\x93NUMPY"
-_ZIP_MAGIC = b"PK\x03\x04"
-
-
-def _load_npy(path: str | os.PathLike, what: str) -> np.ndarray:
-    """A memory-mapped numeric .npy array; anything else (a .npz, a pickle, text, objects) is a one-line error."""
-    path = Path(path)
-    if not path.is_file():
-        raise LatentlabError(f"{what} file not found: {path}")
-    with open(path, "rb") as f:
-        head = f.read(6)
-    if head.startswith(_ZIP_MAGIC) or path.suffix.lower() == ".npz":
-        raise LatentlabError(f"{what} file {path} is a .npz archive; give one array as a .npy "
-                             f"(np.save('{what}.npy', np.load('{path.name}')[KEY]))")
-    if head != _NPY_MAGIC:
-        raise LatentlabError(f"{what} file {path} is not a .npy array (no NumPy header); save the array with numpy.save")
-    try:
-        arr = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as e:
-        if "pickle" in str(e) or "bject" in str(e):
-            raise LatentlabError(f"{what} file {path} holds Python objects, not numbers; "
-                                 f"save a numeric array with numpy.save") from None
-        raise LatentlabError(f"{what} file {path} is a corrupt .npy array ({e}); re-save it with numpy.save") from None
-    except (OSError, EOFError) as e:
-        raise LatentlabError(f"{what} file {path} is a corrupt .npy array ({e}); re-save it with numpy.save") from None
-    if arr.size == 0:
-        raise LatentlabError(f"{what} in {path} are empty (shape {arr.shape}); give at least one row")
-    if np.iscomplexobj(arr):
-        raise LatentlabError(f"{what} in {path} are complex ({arr.dtype}); store real values, e.g. the real and "
-                             f"imaginary parts as separate channels")
-    return arr
-
-
 def import_arrays(latents: str | os.PathLike, labels: str | os.PathLike | None, out: str | os.PathLike,
                   name: str | None = None, split: str | None = None, dataset: str | None = None) -> LatentStore:
     """Store latents extracted elsewhere: X.npy of shape (N, T, C), (N, D) or (N, C, H, W), optional y.npy (N,)."""
     check_output(out, STORE_KIND)  # before reading anything
-    x = _load_npy(latents, "latents")
+    x = load_npy(latents, "latents")
     if x.ndim not in (2, 3, 4):
         raise LatentlabError(f"latents must be (N, T, C), (N, D) or (N, C, H, W); {latents} has shape {x.shape}")
     if not np.issubdtype(x.dtype, np.number):
         raise LatentlabError(f"latents in {latents} have dtype {x.dtype}; save them as floats")
     y = None
     if labels is not None:
-        y = np.asarray(_load_npy(labels, "labels"))
+        y = np.asarray(load_npy(labels, "labels"))
         if y.ndim != 1 or not np.issubdtype(y.dtype, np.integer):
             raise LatentlabError(f"labels must be a 1-D integer array; {labels} is {y.dtype} {y.shape}")
         if len(y) != len(x):

@@ -1,4 +1,4 @@
-"""Atomic writes, JSON/CSV helpers and safetensors checkpoints.
+"""Atomic writes, JSON/CSV helpers, safe .npy reading and safetensors checkpoints.
 
 Everything latentlab writes goes to a temporary name first and is renamed into place,
 so a file or directory is either complete or absent, and an older version is never
@@ -168,6 +168,45 @@ def save_npy(arr: np.ndarray, path: str | os.PathLike) -> Path:
         with open(tmp, "wb") as f:
             np.save(f, arr)
     return Path(path)
+
+
+_NPY_MAGIC = b"\x93NUMPY"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def load_npy(path: str | os.PathLike, what: str) -> np.ndarray:
+    """A memory-mapped numeric .npy array; anything else (a .npz, a pickle, text, objects) is a one-line error."""
+    path = Path(path)
+    if path.is_dir():
+        raise LatentlabError(f"{what} path {path} is a folder; give a .npy file")
+    if not path.is_file():
+        raise LatentlabError(f"{what} file not found: {path}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise LatentlabError(f"cannot read {what} file {path} ({e.strerror or type(e).__name__}); "
+                             f"check its permissions") from None
+    if head.startswith(_ZIP_MAGIC) or path.suffix.lower() == ".npz":
+        raise LatentlabError(f"{what} file {path} is a .npz archive; give one array as a .npy "
+                             f"(np.save('{what}.npy', np.load('{path.name}')[KEY]))")
+    if head != _NPY_MAGIC:
+        raise LatentlabError(f"{what} file {path} is not a .npy array (no NumPy header); save the array with numpy.save")
+    try:
+        arr = np.load(path, mmap_mode="r", allow_pickle=False)
+    except ValueError as e:
+        if "pickle" in str(e) or "bject" in str(e):
+            raise LatentlabError(f"{what} file {path} holds Python objects, not numbers; "
+                                 f"save a numeric array with numpy.save") from None
+        raise LatentlabError(f"{what} file {path} is a corrupt .npy array ({e}); re-save it with numpy.save") from None
+    except (OSError, EOFError) as e:
+        raise LatentlabError(f"{what} file {path} is a corrupt .npy array ({e}); re-save it with numpy.save") from None
+    if arr.size == 0:
+        raise LatentlabError(f"{what} in {path} are empty (shape {arr.shape}); give at least one row")
+    if np.iscomplexobj(arr):
+        raise LatentlabError(f"{what} in {path} are complex ({arr.dtype}); store real values, e.g. the real and "
+                             f"imaginary parts as separate channels")
+    return arr
 
 
 def file_hash(path: str | os.PathLike, n: int = 16) -> str:

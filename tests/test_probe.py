@@ -144,7 +144,10 @@ def test_probe_cli_end_to_end(tmp_path, rng):
         assert len(g) == rows[tok]["n_test"] and g["lp_top1"].isin([0, 1]).all()
         assert g["lp_top1"].mean() == pytest.approx(rows[tok]["top1"]) and g["knn_top1"].mean() == pytest.approx(
             rows[tok]["knn_top1"])
-    assert list(im[im.tokenizer == "a"]["index"]) == list(range(200))  # test rows, in store order
+    from latentlab.data import stratified_split
+    from latentlab.latents import LatentStore as _Store
+    held = stratified_split(_Store.open(tmp_path / "a" / "train").labels, 0.2, 0)[1]
+    assert list(im[im.tokenizer == "a"]["index"]) == list(held)  # the holdout's train rows, in store order
     assert im[im.tokenizer == "b"]["lp_top5"].isna().all()  # <= 5 classes: no top-5
     code, out, err = run_cli("probe", "--tokenizer", f"b={tmp_path / 'b'}", "--out", str(tmp_path / "o2"),
                              "--pool", "mean", "--optimizer", "sgd", "--epochs", "2", "--device", "cpu")

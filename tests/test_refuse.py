@@ -349,3 +349,20 @@ def test_every_config_field_refuses_a_value_of_the_wrong_type():
             assert repr(bad) in str(e.value)
             checked += 1
     assert checked > 100 and len(_config_classes()) >= 12
+
+
+def test_import_refuses_a_folder_or_an_unreadable_file(tmp_path, monkeypatch):
+    import latentlab.io
+
+    (tmp_path / "dir.npy").mkdir()
+    msg = _one_line(*run_cli("import-latents", "--latents", str(tmp_path / "dir.npy"), "--out", str(tmp_path / "s")))
+    assert "is a folder" in msg
+    np.save(tmp_path / "x.npy", np.ones((3, 2), np.float32))
+
+    def denied(*a, **k):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(latentlab.io, "open", denied, raising=False)  # what open() raises on a chmod-0 file
+    msg = _one_line(*run_cli("import-latents", "--latents", str(tmp_path / "x.npy"), "--out", str(tmp_path / "s")))
+    assert "cannot read latents file" in msg and "Permission denied" in msg and "permissions" in msg
+    assert not (tmp_path / "s").exists()

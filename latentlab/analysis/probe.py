@@ -271,7 +271,7 @@ def discriminability_row(tok: TokenizerLatents, cfg: DiscriminabilityConfig,
         row["gmm_heldout_nll"] = gmm_nll[tok.name]
     row.update(n_train=train.n, n_test=test.n, feature_dim=train.dim, pool=cfg.pool, eval_split=eval_split,
                seconds=round(time.perf_counter() - t0, 3))
-    index = test.indices if test.indices is not None else np.arange(test.n)
+    index = test.rows if test.rows is not None else np.arange(test.n)  # rows of the store the images came from
     images = pd.DataFrame({"tokenizer": tok.name, "index": index, "label": test.labels,
                            "lp_top1": per_image_hits(res["topk"], test.labels, 1, num_classes),
                            "lp_top5": per_image_hits(res["topk"], test.labels, 5, num_classes),

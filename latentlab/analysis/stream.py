@@ -106,6 +106,7 @@ class Rows:
             raise LatentlabError(f"unknown pool {pool!r}; use one of {', '.join(POOLS)}")
         self.pool, self.chunk_rows, self.block_rows = pool, int(chunk_rows), int(block_rows)
         self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
+        self.rows = self.indices  # the rows of `data` in this view, in order (None: all); kept when copied to memory
         self.store = data if isinstance(data, LatentStore) else None
         self._x: np.ndarray | torch.Tensor | None = None
         if self.store is not None:
