@@ -44,7 +44,7 @@ def test_mask_ratio_fixes_the_ratio():
     ({"primary": {"predictor": "lp_top1", "target": "rankme"}}, "is not a target of this study"),
     ({"tokenizers": {"ae": {"arch": "ae", "sweep": {"colour.x": [1]}}}}, "cannot sweep 'colour.x'"),
     ({"tokenizers": {"ae": {"arch": "ae", "sweep": {"model.kl_weight": 0.1}}}}, "must be a non-empty list"),
-    ({"tokenizers": {"ae": {"arch": "ae", "sweep": {"model.teacher": ["dinov2:/x/y"]}}}}, "path separator"),
+    ({"tokenizers": {"va": {"arch": "vavae", "sweep": {"model.teacher": ["dinov2:/x/y"]}}}}, "path separator"),
     ({"tokenizers": {"a@b": {"arch": "ae"}}}, "is not allowed"),
 ])
 def test_bad_study_settings_are_one_line_errors(change, message):
