@@ -117,7 +117,7 @@ def test_invalid_switches_are_one_line_errors(bad, msg):
 
 
 def test_recorded_in_the_run_config(tmp_path):
-    model = {k: v for k, v in SMALL.items() if k not in ("image_size", "channels")}
+    model = {k: v for k, v in SMALL.items() if k not in ("image_size", "channels", "aux_targets", "teacher")}  # not an ae's
     model.update(latent_noise={"max_tau": 0.5}, scale_equivariance=0.25)
     cfg = TokenizerRunConfig(arch="ae", dataset="digits", eval_images=16, model=model,
                              train=dict(steps=2, batch_size=8, warmup_steps=1, device="cpu", log_every=1,
