@@ -27,7 +27,24 @@ class Float(click.FloatRange):
     name = "number"
 
 
-class IntList(click.ParamType):
+class _CommaList(click.ParamType):
+    """Comma-separated values of one type; subclasses check each value."""
+
+    cast, what = int, "integers"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            out = tuple(self.cast(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(f"expected comma-separated {self.what}, got {value!r}", param, ctx)
+        if not out:
+            self.fail("give at least one value", param, ctx)
+        return self.check(out, param, ctx)
+
+
+class IntList(_CommaList):
     """Comma-separated integers, each >= `min`: '1,2,5' -> (1, 2, 5)."""
 
     name = "integer list"
@@ -35,38 +52,23 @@ class IntList(click.ParamType):
     def __init__(self, min: int = 1):
         self.min = min
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            out = tuple(int(v) for v in str(value).split(",") if v.strip())
-        except ValueError:
-            self.fail(f"expected comma-separated integers, got {value!r}", param, ctx)
-        if not out:
-            self.fail("give at least one value", param, ctx)
+    def check(self, out: tuple, param, ctx) -> tuple:
         bad = [v for v in out if v < self.min]
         if bad:
             self.fail(f"every value must be >= {self.min}; got {bad[0]}", param, ctx)
         return out
 
 
-class FloatList(click.ParamType):
+class FloatList(_CommaList):
     """Comma-separated numbers, each in a range (as click.FloatRange): '0.1,0.5' -> (0.1, 0.5)."""
 
     name = "number list"
+    cast, what = float, "numbers"
 
     def __init__(self, **bounds):
         self.range = click.FloatRange(**bounds)
 
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            out = tuple(float(v) for v in str(value).split(",") if v.strip())
-        except ValueError:
-            self.fail(f"expected comma-separated numbers, got {value!r}", param, ctx)
-        if not out:
-            self.fail("give at least one value", param, ctx)
+    def check(self, out: tuple, param, ctx) -> tuple:
         return tuple(self.range.convert(v, param, ctx) for v in out)
 
 
