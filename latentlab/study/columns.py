@@ -16,6 +16,12 @@ role
     "target": what the latent space should make easy (SiT loss, generation quality).
     "quality": reconstruction quality; correlated like a predictor, and `CONTROL` is the partial control.
     "derived": reported but never correlated (a copy of another column, e.g. NLL per dimension).
+hypothesis
+    which of the field's hypotheses about diffusion-friendly latents a predictor measures (`HYPOTHESES`):
+    "modes" (fewer Gaussian modes, MAETok), "discriminability" (linear probe / kNN, MAETok and VA-VAE),
+    "spectrum" (less high-frequency latent energy, scale equivariance: Diffusability of Autoencoders,
+    EQ-VAE), "robustness" (decoding survives latent noise and masking: l-DeTok), "dimension" (intrinsic
+    or effective dimension). None for targets, quality and derived columns. hypotheses.csv groups by it.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from dataclasses import dataclass, replace
 
 KINDS = ("per-image", "set")
 ROLES = ("predictor", "target", "quality", "derived")
+HYPOTHESES = ("modes", "discriminability", "spectrum", "robustness", "dimension")
+MODES, DISC, SPECTRUM, ROBUST, DIM = HYPOTHESES
 
 
 @dataclass(frozen=True)
@@ -35,22 +43,23 @@ class MetricColumn:
     kind: str      # "per-image" | "set"
     role: str      # "predictor" | "target" | "quality" | "derived"
     doc: str
+    hypothesis: str | None = None  # one of HYPOTHESES for a predictor
 
 
 METRICS: tuple[MetricColumn, ...] = (
     MetricColumn("psnr", "eval", "per-image", "quality", "PSNR of the test reconstructions (dB)"),
     MetricColumn("ssim", "eval", "per-image", "quality", "SSIM of the test reconstructions"),
     MetricColumn("{rfd}", "eval", "set", "quality", "FD between test reconstructions and originals"),
-    MetricColumn("lp_top1", "probe", "per-image", "predictor", "linear-probe top-1 accuracy on the test split"),
-    MetricColumn("lp_top5", "probe", "per-image", "predictor", "linear-probe top-5 accuracy (NaN with <= 5 classes)"),
-    MetricColumn("knn_top1", "probe", "per-image", "predictor", "weighted kNN top-1 accuracy on the test split"),
-    MetricColumn("silhouette", "probe", "set", "predictor", "silhouette score of the class labels"),
-    MetricColumn("calinski_harabasz", "probe", "set", "predictor", "Calinski-Harabasz score of the class labels"),
-    MetricColumn("davies_bouldin", "probe", "set", "predictor", "Davies-Bouldin score of the class labels"),
-    MetricColumn("fisher_ratio", "probe", "set", "predictor", "Fisher ratio tr(S_B) / tr(S_W)"),
-    MetricColumn("rankme", "probe", "set", "predictor", "RankMe effective rank"),
-    MetricColumn("explained_variance", "gmm", "set", "predictor", "variance explained by the common PCA dimension"),
-    MetricColumn("gmm_nll_k{K}", "gmm", "set", "predictor", "held-out GMM NLL with K components (nats per sample)"),
+    MetricColumn("lp_top1", "probe", "per-image", "predictor", "linear-probe top-1 accuracy on the test split", DISC),
+    MetricColumn("lp_top5", "probe", "per-image", "predictor", "linear-probe top-5 accuracy (NaN, <= 5 classes)", DISC),
+    MetricColumn("knn_top1", "probe", "per-image", "predictor", "weighted kNN top-1 accuracy on the test split", DISC),
+    MetricColumn("silhouette", "probe", "set", "predictor", "silhouette score of the class labels", DISC),
+    MetricColumn("calinski_harabasz", "probe", "set", "predictor", "Calinski-Harabasz score of the class labels", DISC),
+    MetricColumn("davies_bouldin", "probe", "set", "predictor", "Davies-Bouldin score of the class labels", DISC),
+    MetricColumn("fisher_ratio", "probe", "set", "predictor", "Fisher ratio tr(S_B) / tr(S_W)", DISC),
+    MetricColumn("rankme", "probe", "set", "predictor", "RankMe effective rank", DIM),
+    MetricColumn("explained_variance", "gmm", "set", "predictor", "variance explained at the common PCA dim", DIM),
+    MetricColumn("gmm_nll_k{K}", "gmm", "set", "predictor", "held-out GMM NLL, K components (nats/sample)", MODES),
     MetricColumn("gmm_nll_per_dim_k{K}", "gmm", "set", "derived", "gmm_nll_k{K} / pca_dim: the same test again"),
     MetricColumn("sit_loss", "sit", "per-image", "target", "SiT held-out loss of the final EMA model"),
     MetricColumn("{gfd}", "gfid", "set", "target", "FD of decoded SiT samples against the train split"),
