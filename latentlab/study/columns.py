@@ -22,6 +22,13 @@ hypothesis
     "spectrum" (less high-frequency latent energy, scale equivariance: Diffusability of Autoencoders,
     EQ-VAE), "robustness" (decoding survives latent noise and masking: l-DeTok), "dimension" (intrinsic
     or effective dimension). None for targets, quality and derived columns. hypotheses.csv groups by it.
+representative
+    True for the ONE predictor that stands for its hypothesis in the headline ranking of hypotheses.csv,
+    declared here before any data is seen (picking each hypothesis's best-|rho| column after the fact would
+    favour hypotheses with more columns). A "{K}" template is representative at its largest K only. A
+    hypothesis whose representative is absent from a study (or constant across its tokenizers) falls back
+    to its first predictor in `METRICS` order that the study has: a rule fixed in advance too
+    (`representatives`).
 """
 
 from __future__ import annotations
@@ -44,22 +51,25 @@ class MetricColumn:
     role: str      # "predictor" | "target" | "quality" | "derived"
     doc: str
     hypothesis: str | None = None  # one of HYPOTHESES for a predictor
+    representative: bool = False   # the predictor that stands for its hypothesis in hypotheses.csv's ranking
 
 
 METRICS: tuple[MetricColumn, ...] = (
     MetricColumn("psnr", "eval", "per-image", "quality", "PSNR of the test reconstructions (dB)"),
     MetricColumn("ssim", "eval", "per-image", "quality", "SSIM of the test reconstructions"),
     MetricColumn("{rfd}", "eval", "set", "quality", "FD between test reconstructions and originals"),
-    MetricColumn("lp_top1", "probe", "per-image", "predictor", "linear-probe top-1 accuracy on the test split", DISC),
+    MetricColumn("lp_top1", "probe", "per-image", "predictor", "linear-probe top-1 accuracy on the test split", DISC,
+                 representative=True),
     MetricColumn("lp_top5", "probe", "per-image", "predictor", "linear-probe top-5 accuracy (NaN, <= 5 classes)", DISC),
     MetricColumn("knn_top1", "probe", "per-image", "predictor", "weighted kNN top-1 accuracy on the test split", DISC),
     MetricColumn("silhouette", "probe", "set", "predictor", "silhouette score of the class labels", DISC),
     MetricColumn("calinski_harabasz", "probe", "set", "predictor", "Calinski-Harabasz score of the class labels", DISC),
     MetricColumn("davies_bouldin", "probe", "set", "predictor", "Davies-Bouldin score of the class labels", DISC),
     MetricColumn("fisher_ratio", "probe", "set", "predictor", "Fisher ratio tr(S_B) / tr(S_W)", DISC),
-    MetricColumn("rankme", "probe", "set", "predictor", "RankMe effective rank", DIM),
+    MetricColumn("rankme", "probe", "set", "predictor", "RankMe effective rank", DIM, representative=True),
     MetricColumn("explained_variance", "gmm", "set", "predictor", "variance explained at the common PCA dim", DIM),
-    MetricColumn("gmm_nll_k{K}", "gmm", "set", "predictor", "held-out GMM NLL, K components (nats/sample)", MODES),
+    MetricColumn("gmm_nll_k{K}", "gmm", "set", "predictor", "held-out GMM NLL, K components (nats/sample)", MODES,
+                 representative=True),
     MetricColumn("gmm_nll_per_dim_k{K}", "gmm", "set", "derived", "gmm_nll_k{K} / pca_dim: the same test again"),
     MetricColumn("sit_loss", "sit", "per-image", "target", "SiT held-out loss of the final EMA model"),
     MetricColumn("{gfd}", "gfid", "set", "target", "FD of decoded SiT samples against the train split"),
@@ -68,13 +78,32 @@ CONTROL = "{rfd}"  # correlations.csv's spearman_partial controls for reconstruc
 
 
 def study_metrics(components: list[int], rfd: str, gfd: str) -> list[MetricColumn]:
-    """METRICS with the templates filled in for one study (its GMM components and FD names), in order."""
+    """METRICS with the templates filled in for one study (its GMM components and FD names), in order.
+
+    A representative "{K}" template stays representative at the largest K only.
+    """
     out = []
     for m in METRICS:
         name = m.name.replace("{rfd}", rfd).replace("{gfd}", gfd)
         ks = components if "{K}" in name else [None]
-        out += [replace(m, name=name.replace("{K}", str(k)), doc=m.doc.replace("{K}", str(k)))
+        out += [replace(m, name=name.replace("{K}", str(k)), doc=m.doc.replace("{K}", str(k)),
+                        representative=m.representative and k == max(ks))
                 if k is not None else replace(m, name=name) for k in ks]
+    return out
+
+
+def representatives(metrics: list[MetricColumn], available: list[str]) -> dict[str, str]:
+    """hypothesis -> the predictor that stands for it, among the `available` columns (see `representative`).
+
+    The declared representative when available, else the hypothesis's first available predictor in
+    `metrics` order; hypotheses with no available predictor are left out.
+    """
+    out: dict[str, str] = {}
+    preds = [m for m in metrics if m.role == "predictor" and m.hypothesis and m.name in available]
+    for h in HYPOTHESES:
+        mine = [m for m in preds if m.hypothesis == h]
+        if mine:
+            out[h] = next((m.name for m in mine if m.representative), mine[0].name)
     return out
 
 
