@@ -339,11 +339,40 @@ def resolve_path(spec: str) -> Path:
                          f"(looked in ./ and {workspace_root()}/stores, /runs); check the path or set LATENTLAB_WORKSPACE")
 
 
+def _is_spec(spec: str) -> bool:
+    """Whether `spec` names a tokenizer by itself: external, planted, an existing path or a workspace name."""
+    if is_external(spec) or spec.startswith("planted:"):
+        return True
+    try:
+        resolve_path(spec)
+    except LatentlabError:
+        return False
+    return True
+
+
+def split_label(arg: str) -> tuple[str, str]:
+    """`[LABEL=]SPEC` -> (label, spec); "" when there is no label.
+
+    A label may be a study variant's name (``vae@kl_weight=1e-06``, ``m@a=1,b=2``), which holds "=" itself,
+    and a spec may hold "=" too (``python:m:f:k=v``, ``planted:modes=4,...``). The whole argument is the spec
+    when it names a tokenizer by itself; otherwise the split is at the first "=" whose right side does, and
+    failing that at the first "=" after a plain label (the spec's own error then names it).
+    """
+    if _is_spec(arg):
+        return "", arg
+    cuts = [i for i, ch in enumerate(arg) if ch == "="]
+    for i in cuts:
+        if re.fullmatch(r"[\w.+@=,-]+", arg[:i]) and _is_spec(arg[i + 1:]):
+            return arg[:i], arg[i + 1:]
+    label, sep, spec = arg.partition("=")
+    if sep and re.fullmatch(r"[\w.+-]+", label):
+        return label, spec
+    return "", arg
+
+
 def resolve_tokenizer(arg: str, dataset: str | None = None, need_test: bool = False) -> TokenizerLatents:
     """Resolve one `--tokenizer [LABEL=]SPEC` argument to its train (and test) latent stores."""
-    label, sep, spec = arg.partition("=")
-    if not sep or not re.fullmatch(r"[\w.+-]+", label):  # no label: the "=" belongs to the spec
-        label, spec = "", arg
+    label, spec = split_label(arg)
     if is_external(spec):
         train = cached_pretrained(spec, dataset, "train")
         test = cached_pretrained(spec, dataset, "test")
