@@ -25,7 +25,8 @@ TINY = {
     "tokenizers": {
         "pixels": {"arch": "pixels"},
         "ae": {"arch": "ae", "train": FAST},
-        "vae": {"arch": "vae", "train": FAST},
+        # a sweep of one point: the variant name "vae@kl_weight=1e-06" runs through every stage
+        "vae": {"arch": "vae", "train": FAST, "sweep": {"model.kl_weight": [1e-6]}},
         "vavae": {"arch": "vavae", "train": FAST},
         "maetok": {"arch": "maetok", "train": FAST,
                    "decoder_finetune": {"steps": 6, "eval_every": 6, "ckpt_every": 6, "batch_size": 32}},
@@ -40,7 +41,7 @@ TINY = {
     "metrics": {"extractor": "lenet", "bootstrap": 50},
     "report": True,
 }
-NAMES = list(TINY["tokenizers"])
+NAMES = ["pixels", "ae", "vae@kl_weight=1e-06", "vavae", "maetok"]
 TRAINED = NAMES[1:]
 
 
