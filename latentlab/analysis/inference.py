@@ -6,6 +6,7 @@
     interval                  (estimate, lo, hi) of a MetricRuns from those draws (percentile interval)
     paired_difference         A - reference on the same images: hierarchical interval and a sign-flip permutation p
     spearman_test             |rho| permutation p: all n! pairings for n <= EXACT_MAX_N, else >= N_PERMUTATIONS draws
+    spearman_draws            rho of each bootstrap draw of the tokenizers' values (paired across predictors)
     spearman_interval         rho's interval from per-tokenizer bootstrap draws (replicates resampled within tokenizer)
     partial_spearman          rank partial correlation of x and y given z
     holm                      Holm's step-down adjustment of a family of p-values
@@ -264,18 +265,29 @@ def spearman_test(x, y, n_permutations: int = N_PERMUTATIONS, exact_max_n: int =
     return float(res.pvalue), method
 
 
-def spearman_interval(x_draws: np.ndarray, y_draws: np.ndarray, confidence: float = CONFIDENCE
-                      ) -> tuple[float, float]:
-    """rho's percentile interval from bootstrap draws (n_tokenizers, n_boot) of each tokenizer's x and y.
+def spearman_draws(x_draws: np.ndarray, y_draws: np.ndarray) -> np.ndarray:
+    """rho of every bootstrap draw (n_boot,) from draws (n_tokenizers, n_boot) of each tokenizer's x and y.
 
-    Draw b ranks the tokenizers by their b-th x and y and correlates the ranks; a draw in which one side
-    is constant is dropped. NaN when fewer than half the draws give a rho.
+    Draw b ranks the tokenizers by their b-th x and y and correlates the ranks; NaN for a draw with a missing
+    value or one side constant, and for every draw when there are fewer than 3 tokenizers.
     """
     xd, yd = np.asarray(x_draws, np.float64), np.asarray(y_draws, np.float64)
     if xd.ndim != 2 or xd.shape != yd.shape or xd.shape[0] < 3:
-        return math.nan, math.nan
+        return np.full(xd.shape[-1] if xd.ndim else 0, np.nan)
     ok = np.isfinite(xd).all(0) & np.isfinite(yd).all(0)
-    rho = _pearson_rows(stats.rankdata(xd[:, ok], axis=0), stats.rankdata(yd[:, ok], axis=0), axis=0)
+    rho = np.full(xd.shape[1], np.nan)
+    rho[ok] = _pearson_rows(stats.rankdata(xd[:, ok], axis=0), stats.rankdata(yd[:, ok], axis=0), axis=0)
+    return rho
+
+
+def spearman_interval(x_draws: np.ndarray, y_draws: np.ndarray, confidence: float = CONFIDENCE
+                      ) -> tuple[float, float]:
+    """rho's percentile interval from bootstrap draws (n_tokenizers, n_boot) of each tokenizer's x and y
+    (`spearman_draws`); a draw in which one side is constant is dropped. NaN when fewer than half give a rho."""
+    xd = np.asarray(x_draws, np.float64)
+    if xd.ndim != 2 or xd.shape != np.shape(y_draws) or xd.shape[0] < 3:
+        return math.nan, math.nan
+    rho = spearman_draws(xd, y_draws)
     rho = rho[np.isfinite(rho)]
     if len(rho) < xd.shape[1] / 2:
         return math.nan, math.nan
