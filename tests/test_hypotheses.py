@@ -104,6 +104,11 @@ def test_hypotheses_table_holm_within_each_family_and_the_paragraph():
     # mono and its copy tie: the data cannot tell modes from spectrum, and say so
     assert "The largest |rho| is that of modes (mono)" in text and "cannot tell modes apart from spectrum" in text
     assert "does not single out one hypothesis" in text
+    swapped = {"copy": "spectrum", "mono": "modes", "noise": "discriminability", "noise2": "robustness"}
+    hyp_s = hypotheses_table(corr, swapped, reps, ["target"])  # the tie lists modes second in its pair
+    pairs_s = pairs_table(table, swapped, reps, ["target"], draws, "baseline")
+    assert _pair(pairs_s, "mono", "copy").predictor_a == "copy"
+    assert "cannot tell modes apart from spectrum" in hypotheses_paragraph(hyp_s, pairs_s, "target")
     solo = {k: v for k, v in reps.items() if k != "spectrum"}
     hyp2 = hypotheses_table(corr, {k: v for k, v in hyp_of.items() if k != "copy"}, solo, ["target"])
     text = hypotheses_paragraph(hyp2, pairs_table(table, {k: v for k, v in hyp_of.items() if k != "copy"}, solo,

@@ -134,6 +134,19 @@ def _excludes_zero(lo, hi) -> bool:
     return math.isfinite(lo) and math.isfinite(hi) and (lo > 0 or hi < 0)
 
 
+def _against(pairs: pd.DataFrame, predictor: str) -> pd.DataFrame:
+    """The pairs that hold `predictor`, each turned so that it is predictor_a (a tie can list it second)."""
+    a = pairs[pairs.predictor_a == predictor]
+    b = pairs[pairs.predictor_b == predictor].copy()
+    for x, y in (("predictor_a", "predictor_b"), ("hypothesis_a", "hypothesis_b")):
+        b[x], b[y] = b[y].to_numpy(), b[x].to_numpy()
+    b["diff_abs_rho"] = -b.diff_abs_rho
+    b["share_a_beats_b"] = 1 - b.share_a_beats_b
+    for lo, hi in (("diff_lo", "diff_hi"), ("diff_lo_tokenizers", "diff_hi_tokenizers")):
+        b[lo], b[hi] = -b[hi].to_numpy(), -b[lo].to_numpy()
+    return pd.concat([a, b]) if len(b) else a
+
+
 def hypotheses_paragraph(hyp: pd.DataFrame, pairs: pd.DataFrame, target: str, alpha: float = 0.05) -> str:
     """One paragraph, generated from hypotheses.csv and hypotheses_pairs.csv: which hypothesis's representative
     has the largest |rho| with `target`, its interval and p, and whether the data tell it apart from the others."""
@@ -158,8 +171,8 @@ def hypotheses_paragraph(hyp: pd.DataFrame, pairs: pd.DataFrame, target: str, al
                     f"one tokenizer can change the order.")
     told, untold = [], []
     if len(reps) >= 2:
-        mine = pairs[(pairs.target == target) & pairs.representatives.astype(bool)
-                     & (pairs.predictor_a == top.predictor)] if len(pairs) else pairs
+        mine = _against(pairs[(pairs.target == target) & pairs.representatives.astype(bool)], top.predictor) \
+            if len(pairs) else pairs
         for r in mine.itertuples():
             (told if _excludes_zero(r.diff_lo_tokenizers, r.diff_hi_tokenizers) else untold).append(r)
         parts = [f"{r.hypothesis_b} ({r.predictor_b}) {_f(r.diff_abs_rho)} [training noise {_f(r.diff_lo)}, "
