@@ -8,12 +8,13 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import yaml
 
 from conftest import run_cli
-from latentlab.study.columns import study_metrics
+from latentlab.study.columns import representatives, study_metrics
 from latentlab.study.config import TOKENIZER_STAGES, load_study_config
 from latentlab.study.runner import run_study
 
@@ -115,6 +116,34 @@ def _check_tables(out: Path, seeds: int) -> None:
     assert set(corr.target) == {"sit_loss", "gfd_lenet"}
     ok = corr.dropna(subset=["spearman_lo"])
     assert len(ok) and ((ok.spearman_lo <= ok.spearman + 1e-9) & (ok.spearman <= ok.spearman_hi + 1e-9)).all()
+    _check_hypotheses(out, corr)
+
+
+def _check_hypotheses(out: Path, corr: pd.DataFrame) -> None:
+    """hypotheses.csv: correlations.csv's rows of the hypotheses' predictors (same rho and interval), Holm within
+    the family of representatives; hypotheses_pairs.csv: every two of them per target, a with the larger |rho|."""
+    from latentlab.analysis.hypotheses import COLUMNS, PAIR_COLUMNS
+    from latentlab.analysis.inference import holm
+
+    relate = out / "_study" / "relate"  # published at the top of the study once stages.PUBLISHED lists it
+    hyp, pairs = (pd.read_csv(relate / f) for f in ("hypotheses.csv", "hypotheses_pairs.csv"))
+    assert list(hyp.columns) == COLUMNS and list(pairs.columns) == PAIR_COLUMNS
+    with_hyp = {m.name: m.hypothesis for m in METRICS if m.role == "predictor"}
+    assert set(hyp.predictor) == set(corr.predictor) & set(with_hyp) and "psnr" not in set(hyp.predictor)
+    assert (hyp.hypothesis == hyp.predictor.map(with_hyp)).all() and (hyp.n == len(TRAINED)).all()
+    assert hyp.target.iloc[0] == "gfd_lenet"  # the primary target leads
+    merged = hyp.merge(corr, on=["predictor", "target"], suffixes=("", "_corr"))
+    assert len(merged) == len(hyp)
+    for c in ["spearman", "spearman_lo", "spearman_hi", "p_exact"]:
+        pd.testing.assert_series_equal(merged[c], merged[f"{c}_corr"], check_names=False)
+    reps = hyp[hyp.representative]  # one per hypothesis and target, the ones the registry declares
+    assert not reps.duplicated(["target", "hypothesis"]).any() and set(reps.hypothesis) == set(hyp.hypothesis)
+    assert set(reps.predictor) == set(representatives(METRICS, list(corr.predictor)).values()) >= {"lp_top1", "rankme"}
+    np.testing.assert_allclose(reps.p_holm, holm(reps.p_exact.to_numpy()))
+    k = hyp.groupby("target").size()
+    assert (pairs.groupby("target").size() == k * (k - 1) // 2).all() and (pairs.diff_abs_rho >= -1e-12).all()
+    ok = pairs.dropna(subset=["diff_lo"])
+    assert len(ok) and (ok.diff_lo <= ok.diff_hi).all() and ok.share_a_beats_b.between(0, 1).all()
 
 
 def test_tiny_study_outputs(study):
@@ -122,11 +151,15 @@ def test_tiny_study_outputs(study):
     out = root / "a"
     _check_tables(out, 1)
     assert summary["primary"].startswith("Primary hypothesis, lp_top1 against gfd_lenet: Spearman rho = ")
-    for fig in ["nll_vs_components", "sit_loss_curves", "umap", "metrics_vs_gfid", "comparisons", "reconstructions",
-                "samples"]:
+    for fig in ["hypotheses", "nll_vs_components", "sit_loss_curves", "umap", "metrics_vs_gfid", "metrics_vs_sit_loss",
+                "comparisons", "reconstructions", "samples"]:
         assert (out / "figures" / f"{fig}.png").stat().st_size > 1000, fig
     html = (out / "report.html").read_text()
     assert "Summary table" in html and "data:image/png;base64" in html and "Primary hypothesis, lp_top1" in html
+    # the analysis opens with the hypotheses: the generated paragraph, then the ranking, before the summary table
+    assert html.index("Which hypothesis predicts generation?") < html.index("Summary table")
+    assert "The largest |rho| is that of" in html and "With n = 4 no rank correlation can reach p" in html
+    assert "does not single out one hypothesis" in summary["hypotheses_result"]
     for tok in NAMES:
         for stage in TOKENIZER_STAGES:
             assert (out / tok / "seed-0" / stage / "stage.json").is_file()

@@ -18,14 +18,16 @@ from pathlib import Path
 
 import pandas as pd
 
+from latentlab.analysis.hypotheses import hypotheses_paragraph, hypotheses_table, pairs_table
 from latentlab.analysis.inference import MetricRuns, interval
 from latentlab.analysis.relate import correlations, predictor_columns
 from latentlab.errors import LatentlabError
 from latentlab.io import atomic_path, save_csv, save_json
+from latentlab.plots.hypotheses import plot_hypothesis_ranking
 from latentlab.plots.study import (plot_comparisons, plot_curve_bands, plot_image_panels, plot_metrics_vs_target,
                                    plot_nll_bands)
 from latentlab.study.cache import StageResult
-from latentlab.study.columns import control_column, fd_column_names, study_metrics
+from latentlab.study.columns import HYPOTHESES, control_column, fd_column_names, representatives, study_metrics
 from latentlab.study.tables import collect_runs, comparisons_table, summary_table
 from latentlab.utils import derive_seed, warn
 
@@ -45,9 +47,12 @@ class StudyResults:
     runs: pd.DataFrame = field(default_factory=pd.DataFrame)
     comparisons: pd.DataFrame = field(default_factory=pd.DataFrame)
     info: dict = field(default_factory=dict)      # analysis.json: baselines, reference, predictors, primary, ...
+    hypotheses: pd.DataFrame = field(default_factory=pd.DataFrame)        # hypotheses.csv
+    hypothesis_pairs: pd.DataFrame = field(default_factory=pd.DataFrame)  # hypotheses_pairs.csv
 
 
 FIGURES = {
+    "hypotheses": "Every hypothesis's predictors ranked by |rho| against each target (95% intervals; * = representative)",
     "metrics_vs_gfid": "Each latent metric against generation quality (error bars: 95% intervals)",
     "comparisons": "Each tokenizer minus the reference on the same held-out images (95% intervals)",
     "nll_vs_components": "NLL against the number of GMM components (MAETok Fig. 2a; bands: 95% across seeds)",
@@ -67,11 +72,29 @@ def load_study(path: str | os.PathLike) -> StudyResults:
     summary = pd.read_csv(path / "summary.csv")
     corr = pd.read_csv(path / "correlations.csv") if (path / "correlations.csv").is_file() else pd.DataFrame()
     figures = {k: path / "figures" / f"{k}.png" for k in FIGURES if (path / "figures" / f"{k}.png").is_file()}
+    figures.update({p.stem: p for p in sorted((path / "figures").glob("metrics_vs_*.png")) if p.stem not in figures})
     tables = {p.stem: pd.read_csv(p) for p in sorted((path / "tables").glob("*.csv"))} if (path / "tables").is_dir() else {}
     runs = pd.read_csv(path / "runs.csv") if (path / "runs.csv").is_file() else pd.DataFrame()
     comparisons = pd.read_csv(path / "comparisons.csv") if (path / "comparisons.csv").is_file() else pd.DataFrame()
     info = json.loads((path / "analysis.json").read_text()) if (path / "analysis.json").is_file() else {}
-    return StudyResults(path, config, summary, corr, figures, tables, runs, comparisons, info)
+    hyp, pairs = (pd.read_csv(path / f) if (path / f).is_file() else pd.DataFrame()
+                  for f in ("hypotheses.csv", "hypotheses_pairs.csv"))
+    return StudyResults(path, config, summary, corr, figures, tables, runs, comparisons, info, hyp, pairs)
+
+
+def figure_caption(key: str) -> str:
+    """The caption of a study figure (`FIGURES`, or "metrics_vs_TARGET": each metric against that target)."""
+    if key in FIGURES:
+        return FIGURES[key]
+    return f"Each latent metric against {key.removeprefix('metrics_vs_')} (error bars: 95% intervals)"
+
+
+def hypotheses_reading(res: StudyResults) -> str:
+    """The generated paragraph on which hypothesis predicts the headline target (`hypotheses_paragraph`)."""
+    if res.hypotheses.empty:
+        return "This study has no hypotheses.csv (no predictor of a hypothesis varies across its tokenizers)."
+    target = res.info.get("headline_target") or res.hypotheses.target.iloc[0]
+    return hypotheses_paragraph(res.hypotheses, res.hypothesis_pairs, target)
 
 
 def strongest_correlations(corr: pd.DataFrame, target: str, k: int = 5) -> pd.DataFrame:
@@ -193,10 +216,19 @@ def build_outputs(ctx, done: dict[str, list[dict[str, StageResult]]], gmms: list
     corr = correlations(summary, predictors, targets, draws, "baseline", primary, control_column(rmetric),
                         seed=ctx.cfg.seed)
     corr = pd.concat([corr[corr.primary.astype(bool)], corr[~corr.primary.astype(bool)]], ignore_index=True)
+    target = gmetric if gmetric in summary and summary[gmetric].notna().any() else "sit_loss"
+    headline = primary[1] if primary and primary[1] in targets else target
+    order = [headline] + [t for t in targets if t != headline]
+    hyp_of = {m.name: m.hypothesis for m in metrics if m.role == "predictor" and m.hypothesis and m.name in predictors}
+    reps = representatives(metrics, predictors)
+    hyp = hypotheses_table(corr, hyp_of, reps, order)
+    pairs = pairs_table(summary, hyp_of, reps, order, draws, "baseline", ctx.cfg.seed)
     save_csv(values.runs, work / "runs.csv")
     save_csv(summary, work / "summary.csv")
     save_csv(comparisons, work / "comparisons.csv")
     save_csv(corr, work / "correlations.csv")
+    save_csv(hyp, work / "hypotheses.csv")
+    save_csv(pairs, work / "hypotheses_pairs.csv")
     stage_tables = _stage_tables(done, gmms)
     for name, table in stage_tables.items():
         save_csv(table, tables / f"{name}.csv")
@@ -208,8 +240,11 @@ def build_outputs(ctx, done: dict[str, list[dict[str, StageResult]]], gmms: list
     plot_nll_bands(summary, components, sorted(set(stage_tables["gmm"]["pca_dim"].astype(int))),
                    figures / "nll_vs_components.png")
     shutil.copyfile(umap.file("umap.png"), figures / "umap.png")
-    target = gmetric if gmetric in summary and summary[gmetric].notna().any() else "sit_loss"
+    plot_hypothesis_ranking(hyp, order, figures / "hypotheses.png", list(HYPOTHESES))
     plot_metrics_vs_target(summary, predictors, target, figures / "metrics_vs_gfid.png", corr)
+    for t in targets:  # every other target gets its scatter too (issue 12: rho, interval and p in each title)
+        if t != target and summary[t].notna().any():
+            plot_metrics_vs_target(summary, predictors, t, figures / f"metrics_vs_{t}.png", corr)
     plot_comparisons(comparisons, figures / "comparisons.png")
     first = {n: reps[0] for n, reps in done.items()}
     recon = {n: r["eval"].file("recon_grid.png") for n, r in first.items() if r["eval"].file("recon_grid.png").is_file()}
@@ -218,14 +253,16 @@ def build_outputs(ctx, done: dict[str, list[dict[str, StageResult]]], gmms: list
                if r["sample"].file("samples/grid.png").is_file()}
     plot_image_panels(samples, figures / "samples.png", "SiT samples")
     sentence = primary_sentence(corr)
+    reading = hypotheses_paragraph(hyp, pairs, headline)
     save_json({"dataset": ctx.cfg.dataset, "tokenizers": list(done), "seeds": ctx.cfg.seeds, "components": components,
                "baselines": baselines, "reference": reference, "targets": targets, "predictors": predictors,
                "dropped_predictors": dropped, "primary": ctx.cfg.primary, "primary_result": sentence,
-               "partial_control": control_column(rmetric)}, work / "analysis.json")
+               "partial_control": control_column(rmetric), "headline_target": headline, "representatives": reps,
+               "hypotheses_result": reading}, work / "analysis.json")
     report = render_report(work) if ctx.cfg.report else None
     return {"runs": "runs.csv", "summary": "summary.csv", "comparisons": "comparisons.csv",
-            "correlations": "correlations.csv", "report": report, "columns": list(summary.columns),
-            "primary": sentence}
+            "correlations": "correlations.csv", "hypotheses": "hypotheses.csv", "hypotheses_pairs": "hypotheses_pairs.csv",
+            "report": report, "columns": list(summary.columns), "primary": sentence, "hypotheses_result": reading}
 
 
 def render_report(study_dir: Path) -> str | None:
