@@ -122,4 +122,7 @@ def test_the_paragraph_says_when_n_is_too_small():
     hyp = hypotheses_table(corr, hyp_of, reps, ["target"])
     text = hypotheses_paragraph(hyp, pairs_table(table, hyp_of, reps, ["target"], draws, "baseline"), "target")
     assert "n = 4 no rank correlation can reach p < 0.05" in text and "does not single out" in text
+    text = hypotheses_paragraph(hyp, pairs_table(table, hyp_of, reps, ["target"], draws, "baseline"), "target",
+                                hypotheses=list(HYPOTHESES))
+    assert "Not measured here (no predictor that varies across the tokenizers): dimension." in text
     assert "No hypothesis" in hypotheses_paragraph(hyp, pd.DataFrame(columns=PAIR_COLUMNS), "other")

@@ -15,7 +15,7 @@ would favour the hypotheses that happen to have more columns. `p_holm` is Holm-a
 
 Two intervals for a difference. `diff_lo, diff_hi` reuse correlations.csv's draws (each tokenizer's replicates
 resampled within it; draw b of every column comes from the same seed choice), so they show training noise on
-these tokenizers. `diff_lo_tokenizers, diff_hi_tokenizers` also resample the tokenizers themselves (the same
+these tokenizers (with one seed, only the within-run spread of the metrics that have one). `diff_lo_tokenizers, diff_hi_tokenizers` also resample the tokenizers themselves (the same
 resample for a and b), which is what "can this many tokenizers tell the hypotheses apart?" asks; with small n
 it is the wider one, and the paragraph reads it.
 """
@@ -147,9 +147,11 @@ def _against(pairs: pd.DataFrame, predictor: str) -> pd.DataFrame:
     return pd.concat([a, b]) if len(b) else a
 
 
-def hypotheses_paragraph(hyp: pd.DataFrame, pairs: pd.DataFrame, target: str, alpha: float = 0.05) -> str:
+def hypotheses_paragraph(hyp: pd.DataFrame, pairs: pd.DataFrame, target: str, alpha: float = 0.05,
+                         hypotheses: list[str] | None = None) -> str:
     """One paragraph, generated from hypotheses.csv and hypotheses_pairs.csv: which hypothesis's representative
-    has the largest |rho| with `target`, its interval and p, and whether the data tell it apart from the others."""
+    has the largest |rho| with `target`, its interval and p, and whether the data tell it apart from the others.
+    `hypotheses` (all the field's) lets it name those this study does not measure."""
     reps = hyp[(hyp.target == target) & hyp.representative.astype(bool)].dropna(subset=["spearman"])
     if reps.empty:
         return f"No hypothesis's representative has a rank correlation with {target} in this study."
@@ -162,6 +164,9 @@ def hypotheses_paragraph(hyp: pd.DataFrame, pairs: pd.DataFrame, target: str, al
             f"[95% interval {_f(top.spearman_lo)}, {_f(top.spearman_hi)}], p = {_f(top.p_exact, '.3g')}, "
             f"Holm-adjusted over the {len(hyp[hyp.family == 'representatives'])} headline tests "
             f"p = {_f(top.p_holm, '.3g')}, n = {n} tokenizers."]
+    missing = [h for h in (hypotheses or []) if h not in set(reps.hypothesis)]
+    if missing:
+        text.insert(1, f"Not measured here (no predictor that varies across the tokenizers): {', '.join(missing)}.")
     smallest = 2 / math.factorial(n) if n <= 20 else 0.0  # the exact test's smallest p without ties
     if smallest >= alpha:
         text.append(f"With n = {n} no rank correlation can reach p < {alpha:g} (the smallest exact p is "
@@ -175,7 +180,7 @@ def hypotheses_paragraph(hyp: pd.DataFrame, pairs: pd.DataFrame, target: str, al
             if len(pairs) else pairs
         for r in mine.itertuples():
             (told if _excludes_zero(r.diff_lo_tokenizers, r.diff_hi_tokenizers) else untold).append(r)
-        parts = [f"{r.hypothesis_b} ({r.predictor_b}) {_f(r.diff_abs_rho)} [training noise {_f(r.diff_lo)}, "
+        parts = [f"{r.hypothesis_b} ({r.predictor_b}) {_f(r.diff_abs_rho)} [replicates resampled {_f(r.diff_lo)}, "
                  f"{_f(r.diff_hi)}; tokenizers resampled too {_f(r.diff_lo_tokenizers)}, "
                  f"{_f(r.diff_hi_tokenizers)}]" for r in mine.itertuples()]
         if parts:

@@ -21,9 +21,9 @@ def plot_hypothesis_ranking(hyp: pd.DataFrame, targets: list[str], path: str | o
     n (non-baseline tokenizers).
     """
     targets = [t for t in targets if t in set(hyp.target)] or ["(no target)"]
-    hypotheses = [h for h in (hypotheses or []) if h in set(hyp.hypothesis)] + [
-        h for h in dict.fromkeys(hyp.hypothesis) if h not in (hypotheses or [])]
-    colour = {h: f"C{i % 10}" for i, h in enumerate(hypotheses)}
+    order = list(hypotheses or []) + [h for h in dict.fromkeys(hyp.hypothesis) if h not in (hypotheses or [])]
+    colour = {h: f"C{i % 10}" for i, h in enumerate(order)}  # by position in the full list: stable across studies
+    hypotheses = [h for h in order if h in set(hyp.hypothesis)]
     height = 0.22 * max(4, max((int((hyp.target == t).sum()) for t in targets), default=4)) + 1.3
     fig, axes = new_figure(len(targets), size=(4.2, height))
     for ax, t in zip(axes[0], targets):

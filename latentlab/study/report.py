@@ -94,7 +94,7 @@ def hypotheses_reading(res: StudyResults) -> str:
     if res.hypotheses.empty:
         return "This study has no hypotheses.csv (no predictor of a hypothesis varies across its tokenizers)."
     target = res.info.get("headline_target") or res.hypotheses.target.iloc[0]
-    return hypotheses_paragraph(res.hypotheses, res.hypothesis_pairs, target)
+    return hypotheses_paragraph(res.hypotheses, res.hypothesis_pairs, target, hypotheses=list(HYPOTHESES))
 
 
 def strongest_correlations(corr: pd.DataFrame, target: str, k: int = 5) -> pd.DataFrame:
@@ -253,7 +253,7 @@ def build_outputs(ctx, done: dict[str, list[dict[str, StageResult]]], gmms: list
                if r["sample"].file("samples/grid.png").is_file()}
     plot_image_panels(samples, figures / "samples.png", "SiT samples")
     sentence = primary_sentence(corr)
-    reading = hypotheses_paragraph(hyp, pairs, headline)
+    reading = hypotheses_paragraph(hyp, pairs, headline, hypotheses=list(HYPOTHESES))
     save_json({"dataset": ctx.cfg.dataset, "tokenizers": list(done), "seeds": ctx.cfg.seeds, "components": components,
                "baselines": baselines, "reference": reference, "targets": targets, "predictors": predictors,
                "dropped_predictors": dropped, "primary": ctx.cfg.primary, "primary_result": sentence,
