@@ -275,3 +275,102 @@ def test_config_errors(tmp_path):
     with pytest.raises(Exception, match="stepz"):
         load_study_config(bad)
     assert not (tmp_path / "o").exists()
+
+
+# ---------------------------------------------------------------- the stage graph and its executors
+
+STUDY_TABLES = ["runs.csv", "summary.csv", "comparisons.csv", "correlations.csv", "analysis.json", "tables",
+                "figures", "report.html", "run_log.json"]
+
+
+def _without(src: Path, dst: Path, stages: list[str]) -> None:
+    """A copy of the finished study `src` with these stages (and the published tables) removed."""
+    import shutil
+
+    shutil.copytree(src, dst)
+    for p in stages + STUDY_TABLES:
+        if (dst / p).is_dir():
+            shutil.rmtree(dst / p)
+        elif (dst / p).exists():
+            os.remove(dst / p)
+
+
+def _run_jobs(cfg: Path, out: Path, env: dict, *options: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "latentlab", "run", str(cfg), "--out", str(out), "--json", *options],
+                          env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_stage_graph_is_the_sequential_runs_stages(study):
+    from latentlab.study.graph import stage_graph
+    from latentlab.study.stages import SHARED_STAGES
+
+    cfg, _, _, summary = study
+    graph = stage_graph(*load_study_config(cfg))
+    assert list(graph) == summary["ran"]  # the same stages, in the sequential runner's order
+    two = stage_graph(*load_study_config({**yaml.safe_load(cfg.read_text()), "seeds": 2}))
+    per_seed = [s for s in TOKENIZER_STAGES if s not in SHARED_STAGES]
+    assert len(two) == 2 * len(TRAINED) * len(TOKENIZER_STAGES) + len(TOKENIZER_STAGES) + len(per_seed) + 4
+    assert two[f"pixels/seed-1/{per_seed[0]}"][0] == (f"pixels/seed-0/{SHARED_STAGES[-1]}",)  # no second pixels
+    for r in (0, 1):
+        assert set(two[f"_study/seed-{r}/gmm"][0]) == {f"{t}/seed-{r if t != 'pixels' else 0}/extract" for t in NAMES}
+    assert set(two["_study/umap"][0]) == {f"{t}/seed-0/extract" for t in NAMES}
+    assert set(two["_study/relate"][0]) == set(two) - {"_study/relate"}
+    chain = [s for s in two if s.startswith("ae/seed-1/")]
+    assert [s.rpartition("/")[2] for s in chain] == list(TOKENIZER_STAGES)
+    assert all(two[b][0] == (a,) for a, b in zip(chain, chain[1:]))
+    assert two["ae/seed-1/tokenizer"][1] and two["ae/seed-1/sit"][1] and not two["pixels/seed-0/tokenizer"][1]
+
+
+def test_jobs_2_and_submitit_give_the_tables_of_jobs_1(study, tmp_path):
+    """--jobs 2 and submitit's local executor redo part of the study: the tables equal the in-process run's."""
+    cfg, root, env, _ = study
+    out = tmp_path / "j2"
+    redo = [f"{t}/seed-0/{s}" for t in ("ae", "vae") for s in ("sit", "sample", "gfid")] + ["_study/seed-0/gmm",
+                                                                                             "_study/relate"]
+    _without(root / "a", out, redo)
+    proc = _run_jobs(cfg, out, env, "--jobs", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(proc.stdout)
+    assert sorted(res["ran"]) == sorted(redo) and res["executor"] == "local" and not res["failed"]
+    assert _tables(out) == _tables(root / "a")
+    assert (out / "_jobs" / "ae.seed-0.sit.log").is_file() and (out / "report.html").is_file()
+    sub = tmp_path / "sub"
+    _without(out, sub, ["ae/seed-0/gfid", "_study/relate"])
+    proc = _run_jobs(cfg, sub, env, "--executor", "submitit", "--cluster", "local", "--jobs", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(json.loads(proc.stdout)["ran"]) == ["_study/relate", "ae/seed-0/gfid"]
+    assert _tables(sub) == _tables(root / "a") and list((sub / "_submitit").rglob("*.out"))
+
+
+def test_a_failed_stage_blocks_only_its_dependents_and_a_rerun_resubmits_only_them(study, tmp_path):
+    cfg, root, env, _ = study
+    out = tmp_path / "f"
+    _without(root / "a", out, ["ae/seed-0/sample", "ae/seed-0/gfid", "vae/seed-0/gfid", "_study/relate"])
+    run = out / "ae" / "seed-0" / "sit" / "run"
+    run.rename(run.with_name("moved"))  # ae's sample cannot load its SiT run: it fails
+    proc = _run_jobs(cfg, out, env, "--jobs", "2")
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr[-3000:]
+    assert "1 stage(s) failed: ae/seed-0/sample (log: " in proc.stderr and "ae.seed-0.sample.log" in proc.stderr
+    assert "2 stage(s) that need them did not run" in proc.stderr
+    assert (out / "vae" / "seed-0" / "gfid" / "stage.json").is_file()  # independent of the failure: it ran
+    assert not (out / "ae" / "seed-0" / "gfid").exists() and not (out / "_study" / "relate").exists()
+    run.with_name("moved").rename(run)
+    proc = _run_jobs(cfg, out, env, "--jobs", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert sorted(json.loads(proc.stdout)["ran"]) == ["_study/relate", "ae/seed-0/gfid", "ae/seed-0/sample"]
+    assert _tables(out) == _tables(root / "a")
+
+
+def test_one_stage_needs_its_upstream_stages(study, tmp_path):
+    cfg, root, _, _ = study
+    out = tmp_path / "s"
+    _without(root / "a", out, ["ae/seed-0/sit", "ae/seed-0/sample"])
+    code, _, err = run_cli("run", str(cfg), "--out", str(out), "--stage", "ae/seed-0/sample")
+    assert code == 2 and err.count("\n") == 1 and "needs ae/seed-0/sit, which is not complete" in err, err
+    code, _, err = run_cli("run", str(cfg), "--out", str(out), "--stage", "ae/seed-9/sit")
+    assert code == 2 and "is not a stage of this study" in err
+    code, _, err = run_cli("run", str(cfg), "--out", str(tmp_path / "new"), "--stage", "ae/seed-0/sit")
+    assert code == 2 and "not a started study" in err and not (tmp_path / "new").exists()
+    code, stdout, err = run_cli("run", str(cfg), "--out", str(out), "--stage", "vae/seed-0/gfid", "--json")
+    assert code == 0 and json.loads(stdout)["reused"]  # complete: reused, nothing runs
+    assert not (out / "ae" / "seed-0" / "sit").exists()

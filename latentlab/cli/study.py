@@ -44,21 +44,46 @@ def _text(s: dict) -> str:
 @cli.command("run")
 @click.argument("config", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Study directory (created; reused stages are kept).")
+@click.option("--jobs", type=click.IntRange(min=1), default=None,
+              help="Stages at once, each its own process (default 1: every stage in this process, in order). "
+                   "Overrides executor.jobs; with submitit, the most jobs queued at once.")
+@click.option("--gpus-per-job", type=click.IntRange(min=1), default=None,
+              help="GPUs of each local job (CUDA_VISIBLE_DEVICES); a training stage with more than one runs under "
+                   "torchrun. Overrides executor.gpus_per_job.")
+@click.option("--executor", "kind", type=click.Choice(["local", "submitit"]), default=None,
+              help="local processes, or one submitit job per stage (Slurm; settings from the config's executor: "
+                   "section). Overrides executor.kind.")
+@click.option("--cluster", type=click.Choice(["slurm", "local"]), default=None,
+              help="submitit: slurm, or submitit's local executor (no Slurm). Default: Slurm when sbatch exists.")
+@click.option("--stage", default=None, hidden=True,
+              help="Internal (what each job runs): run only stage OWNER/STAGE, its upstream stages from the cache.")
 @json_option
-def run_cmd(config, out, as_json):
+def run_cmd(config, out, jobs, gpus_per_job, kind, cluster, stage, as_json):
     """Run a whole study from a YAML config: train/load tokenizers, extract latents, measure their
     structure (GMM NLL, probes, UMAP), train SiT on them, sample, compute gFD/gFID and relate it all.
 
     Each stage is cached under OUT/<tokenizer>/seed-<r>/<stage>/ and skipped while its inputs are
     unchanged; a run that was killed finishes where it stopped when started again, and raising `seeds`
-    runs only the new replicates.
+    runs only the new replicates. With --jobs N (or --executor submitit) independent stages run at
+    once, each in its own process; a failed stage stops only the stages that need it.
 
     \b
     latentlab run studies/default.yaml --out demo-out
+    latentlab run studies/default.yaml --out demo-out --jobs 8
     """
+    from latentlab.study.config import executor_config, load_study_config
+    from latentlab.study.graph import run_one_stage, run_study_graph
     from latentlab.study.runner import run_study
 
-    emit(run_study(config, out), as_json, _text)
+    if stage is not None:
+        emit(run_one_stage(config, out, stage), as_json, lambda s: f"{s['stage']}: {s['path']}")
+        return
+    opts = executor_config(load_study_config(config)[0], kind=kind, jobs=jobs, gpus_per_job=gpus_per_job,
+                           cluster=cluster)
+    if opts.kind == "local" and opts.jobs == 1 and opts.gpus_per_job == 1:
+        emit(run_study(config, out), as_json, _text)  # every stage in this process, in order
+    else:
+        emit(run_study_graph(config, out, opts), as_json, _text)
 
 
 @cli.command("report")

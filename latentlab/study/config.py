@@ -16,6 +16,7 @@ from latentlab.data import DATASETS, parse_spec
 from latentlab.errors import LatentlabError
 from latentlab.metrics.config import MetricsConfig
 from latentlab.study.columns import fd_column_names, study_metrics
+from latentlab.study.executors import ExecutorConfig
 from latentlab.sit.config import SampleConfig, SiTTrainConfig
 from latentlab.tokenizers.config import TokenizerConfig, TokenizerRunConfig, check_applicable
 from latentlab.tokenizers.models import TOKENIZERS
@@ -64,6 +65,7 @@ class StudyConfig:
     umap: dict = field(default_factory=dict)         # UmapConfig fields (n, pca_dim, ...)
     metrics: dict = field(default_factory=dict)      # MetricsConfig fields (extractor, ...)
     report: bool = True                              # render report.html from notebooks/report.ipynb
+    executor: dict = field(default_factory=dict)     # ExecutorConfig fields (kind, jobs, partition, ...): how stages run
 
 
 SWEEP_SECTIONS = ("model", "train", "decoder_finetune")
@@ -215,6 +217,12 @@ def section_configs(cfg: StudyConfig) -> dict:
     }
 
 
+def executor_config(cfg: StudyConfig, **overrides) -> ExecutorConfig:
+    """The study's `executor:` section with the command line's `overrides` (those not None) on top."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return from_dict(ExecutorConfig, {**(cfg.executor or {}), **given}, "executor")
+
+
 def load_study_config(source: str | os.PathLike | dict) -> tuple[StudyConfig, dict[str, TokenizerEntry]]:
     """Read and validate a study config (unknown keys and unknown tokenizers are one-line errors)."""
     data = dict(source) if isinstance(source, dict) else load_mapping(source)
@@ -233,6 +241,7 @@ def load_study_config(source: str | os.PathLike | dict) -> tuple[StudyConfig, di
         raise LatentlabError(f"the sweep variant {bad[0]!r} would name a directory with a path separator; "
                              "sweep settings that are not paths")
     sections = section_configs(cfg)  # validate every section now, before anything runs
+    executor_config(cfg)
     _check_study(cfg, entries, sections)
     check_requirements(cfg, entries, sections)
     return cfg, entries

@@ -45,6 +45,8 @@ from latentlab.tokenizers.plugins import describe_plugin
 from latentlab.tokenizers.training import TokenizerRunConfig, train_tokenizer
 from latentlab.utils import derive_seed
 
+# what a tokenizer with nothing to train (pixels, pretrained, python, store) shares across replicates: owner NAME/seed-0
+SHARED_STAGES = ("tokenizer", "eval", "extract")
 Step = Callable[[str, str, object, Callable[[Path, bool], dict]], StageResult]
 OWNER = "_study"
 PROBE_COLUMNS = {"top1": "lp_top1", "top5": "lp_top5", "knn_top1": "knn_top1", "silhouette": "silhouette",
