@@ -296,6 +296,8 @@ def _without(src: Path, dst: Path, stages: list[str]) -> None:
 
 
 def _run_jobs(cfg: Path, out: Path, env: dict, *options: str) -> subprocess.CompletedProcess:
+    """2 jobs x 2 threads: each job has the threads of the fixture's one process (the thread count changes sums)."""
+    env = {**env, "OMP_NUM_THREADS": "4"}
     return subprocess.run([sys.executable, "-m", "latentlab", "run", str(cfg), "--out", str(out), "--json", *options],
                           env=env, capture_output=True, text=True, timeout=600)
 
@@ -374,3 +376,18 @@ def test_one_stage_needs_its_upstream_stages(study, tmp_path):
     code, stdout, err = run_cli("run", str(cfg), "--out", str(out), "--stage", "vae/seed-0/gfid", "--json")
     assert code == 0 and json.loads(stdout)["reused"]  # complete: reused, nothing runs
     assert not (out / "ae" / "seed-0" / "sit").exists()
+
+
+def test_executor_section_and_command_line(tmp_path):
+    from latentlab.errors import LatentlabError
+    from latentlab.study.config import executor_config
+
+    cfg, _ = load_study_config({**TINY, "executor": {"jobs": 4, "partition": "gpu", "kind": "submitit"}})
+    opts = executor_config(cfg, jobs=2, kind="local", gpus_per_job=None)
+    assert (opts.jobs, opts.partition, opts.kind, opts.gpus_per_job) == (2, "gpu", "local", 1)
+    for bad, words in [({"kind": "ray"}, "unknown executor"), ({"partion": "gpu"}, "partion"), ({"jobs": 0}, ">= 1")]:
+        with pytest.raises(LatentlabError, match=words):
+            load_study_config({**TINY, "executor": bad})
+    (tmp_path / "s.yaml").write_text(yaml.safe_dump(TINY))
+    code, _, err = run_cli("run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o"), "--gpus-per-job", "2")
+    assert code == 2 and err.count("\n") == 1 and "no GPU" in err and not (tmp_path / "o").exists()

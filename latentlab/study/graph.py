@@ -203,6 +203,7 @@ def run_study_graph(config, out, opts: ExecutorConfig) -> dict:
         raise LatentlabError("latentlab run starts its own processes; run it without torchrun (--gpus-per-job G "
                              "runs the training stages under torchrun)")
     cfg, _ = load_study_config(config)
+    launcher = _launcher(opts, Path(os.path.abspath(out)))  # a bad --gpus-per-job is refused before anything is written
     claim_dir(out, STUDY_KIND)
     out = Path(out).resolve()
     save_json({**asdict(cfg), "version": STUDY_VERSION}, out / "study.json")
@@ -223,7 +224,7 @@ def run_study_graph(config, out, opts: ExecutorConfig) -> dict:
         return (out / job.id / STAGE_FILE).is_file()
 
     with _workspace(out / "workspace"):  # the jobs inherit it
-        res = run_graph(jobs, _launcher(opts, out), is_complete, retries=opts.retries, announce=info)
+        res = run_graph(jobs, launcher, is_complete, retries=opts.retries, announce=info)
     log = [{"tokenizer": j.rpartition("/")[0], "stage": j.rpartition("/")[2], "reused": j in res.complete,
             "seconds": res.seconds.get(j, 0.0)} for j in graph if j in res.complete or j in res.ran]
     summary = {"out": str(out), "executor": opts.kind, "jobs": opts.jobs, "ran": res.ran, "reused": res.complete,
