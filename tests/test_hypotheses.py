@@ -22,13 +22,13 @@ def test_registry_declares_at_most_one_representative_per_hypothesis():
 def test_representatives_are_declared_then_fall_back_in_registry_order():
     metrics = study_metrics([1, 2, 4], "rfd_lenet", "gfd_lenet")
     flagged = [m.name for m in metrics if m.representative]
-    assert "gmm_nll_k4" in flagged and "gmm_nll_k2" not in flagged  # a "{K}" template: its largest K only
+    assert "gain_k4" in flagged and "gain_k2" not in flagged  # a "{K>1}" template: its largest K only
     names = [m.name for m in metrics]
     got = representatives(metrics, names)
-    assert set(got) <= set(HYPOTHESES) and got["modes"] == "gmm_nll_k4" and got["discriminability"] == "lp_top1"
+    assert set(got) <= set(HYPOTHESES) and got["modes"] == "gain_k4" and got["discriminability"] == "lp_top1"
     # the declared one is missing (e.g. constant in this study): the hypothesis's first predictor in METRICS order
-    fallback = representatives(metrics, [n for n in names if n not in ("gmm_nll_k4", "lp_top1")])
-    assert fallback["modes"] == "gmm_nll_k1" and fallback["discriminability"] == "lp_top5"
+    fallback = representatives(metrics, [n for n in names if n not in ("gain_k4", "lp_top1")])
+    assert fallback["modes"] == "modes_heldout" and fallback["discriminability"] == "lp_top5"
     assert "modes" not in representatives(metrics, ["lp_top1", "sit_loss"])
 
 

@@ -97,8 +97,13 @@ def _check_tables(out: Path, seeds: int) -> None:
     for col in ["psnr", "ssim", "lp_top1", "knn_top1", "sit_loss", "gfd_lenet"]:
         assert (trained[f"{col}_lo"] <= trained[col]).all() and (trained[col] <= trained[f"{col}_hi"]).all(), col
         assert (trained[f"{col}_hi"] > trained[f"{col}_lo"]).all(), col
-    set_level = ["rankme", "gmm_nll_k2"]
+    set_level = ["rankme", "gmm_nll_k2", "gain_k2", "sit_loss_gap", "sit_loss_auc", "gkid_lenet"]
     assert df[[f"{c}_lo" for c in set_level]].isna().all().all() == (seeds == 1)  # no within-run interval for these
+    for col in ["cond_acc_lenet"]:  # within-run replicates (Binomial draws)
+        assert (trained[f"{col}_lo"] <= trained[col]).all() and (trained[col] <= trained[f"{col}_hi"]).all(), col
+    assert (trained[["sit_loss_linear", "sit_loss_raw", "gfd_floor_lenet"]].notna()).all().all()
+    assert np.allclose(trained.sit_loss_gap, trained.sit_loss - trained.sit_loss_linear, rtol=1e-6)
+    assert df.cond_acc_lenet.between(0, 1).all() and (df.gfd_floor_lenet > 0).all()
     assert df.loc[df.tokenizer == "pixels", "baseline"].all() and not df.loc[df.tokenizer != "pixels", "baseline"].any()
     assert df.loc[df.tokenizer == "pixels", "psnr"].iloc[0] == float("inf")
     assert (df.pca_dim == df.pca_dim.iloc[0]).all()  # one common PCA dimension
@@ -113,7 +118,10 @@ def _check_tables(out: Path, seeds: int) -> None:
     assert corr.primary.sum() == 1 and (corr.loc[~corr.primary, "p_holm"] >= corr.loc[~corr.primary, "p_exact"]).all()
     assert set(corr.p_method.dropna()) == {"exact (all 24 permutations)"}
     assert not corr.predictor.str.contains("per_dim").any() and "pca_dim" not in set(corr.predictor)
-    assert set(corr.target) == {"sit_loss", "gfd_lenet"}
+    assert not corr.predictor.str.startswith("gmm_nll").any() and "gain_k2" in set(corr.predictor)
+    kept = json.loads((out / "analysis.json").read_text())
+    assert {"modes_heldout", "modes_bic"} <= set(kept["predictors"]) | set(kept["dropped_predictors"])
+    assert set(corr.target) == {"sit_loss", "sit_loss_gap", "sit_loss_auc", "gfd_lenet", "gkid_lenet", "cond_acc_lenet"}
     ok = corr.dropna(subset=["spearman_lo"])
     assert len(ok) and ((ok.spearman_lo <= ok.spearman + 1e-9) & (ok.spearman <= ok.spearman_hi + 1e-9)).all()
     _check_hypotheses(out, corr)

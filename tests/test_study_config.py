@@ -3,7 +3,7 @@
 import pytest
 
 from latentlab.errors import LatentlabError
-from latentlab.study.columns import METRICS, KINDS, ROLES, study_metrics
+from latentlab.study.columns import HYPOTHESES, METRICS, KINDS, ROLES, study_metrics
 from latentlab.study.config import load_study_config
 from latentlab.tokenizers.config import TokenizerConfig
 
@@ -41,6 +41,7 @@ def test_mask_ratio_fixes_the_ratio():
     ({"reference": "vae"}, "reference 'vae' is not a tokenizer"),
     ({"primary": {"predictor": "lp_top1"}}, "primary must be {predictor"),
     ({"primary": {"predictor": "gmm_nll_per_dim_k1", "target": "sit_loss"}}, "is not a predictor of this study"),
+    ({"primary": {"predictor": "gmm_nll_k1", "target": "sit_loss"}}, "is not a predictor of this study"),
     ({"primary": {"predictor": "lp_top1", "target": "rankme"}}, "is not a target of this study"),
     ({"tokenizers": {"ae": {"arch": "ae", "sweep": {"colour.x": [1]}}}}, "cannot sweep 'colour.x'"),
     ({"tokenizers": {"ae": {"arch": "ae", "sweep": {"model.kl_weight": 0.1}}}}, "must be a non-empty list"),
@@ -53,7 +54,7 @@ def test_bad_study_settings_are_one_line_errors(change, message):
 
 
 def test_primary_and_reference_accepted():
-    cfg, entries = load_study_config(_cfg(primary={"predictor": "gmm_nll_k2", "target": "gfd_lenet"},
+    cfg, entries = load_study_config(_cfg(primary={"predictor": "gain_k2", "target": "gfd_lenet"},
                                           reference="ae", seeds=3,
                                           tokenizers={"pixels": {"arch": "pixels", "baseline": False},
                                                       "ae": {"arch": "ae", "baseline": True}}))
@@ -66,5 +67,9 @@ def test_metric_registry_is_well_formed():
     names = [m.name for m in study_metrics([1, 5], "rfd_lenet", "gfd_lenet")]
     assert len(names) == len(set(names))
     assert {"gmm_nll_k1", "gmm_nll_k5", "gmm_nll_per_dim_k5", "rfd_lenet", "gfd_lenet", "sit_loss"} <= set(names)
-    per_dim = [m for m in study_metrics([1], "rfd_lenet", "gfd_lenet") if "per_dim" in m.name]
-    assert per_dim and all(m.role == "derived" for m in per_dim)  # never a second copy of the same test
+    assert {"gain_k5", "modes_bic", "gkid_lenet", "cond_acc_lenet"} <= set(names) and "gain_k1" not in names
+    raw = [m for m in study_metrics([1, 5], "rfd_lenet", "gfd_lenet") if m.name.startswith("gmm_nll")]
+    assert raw and all(m.role == "derived" for m in raw)  # the raw NLLs are not mode counts (issue 13)
+    assert all(m.hypothesis in HYPOTHESES for m in METRICS if m.role == "predictor")
+    inception = [m.name for m in study_metrics([1], "rfid", "gfid")]
+    assert {"gkid_inception", "gfd_floor_inception", "cond_acc_inception"} <= set(inception)

@@ -45,7 +45,8 @@ MODES, DISC, SPECTRUM, ROBUST, DIM = HYPOTHESES
 class MetricColumn:
     """One metric column of runs.csv / summary.csv."""
 
-    name: str      # the column; "{rfd}" / "{gfd}" become the extractor's FD names, "{K}" each GMM component count
+    name: str      # the column; "{rfd}" / "{gfd}" become the extractor's FD names, "{ext}" its name, "{K}" each
+                   # GMM component count ("{K>1}": each count above 1)
     stage: str     # the stage whose result holds it (a per-tokenizer stage, or "gmm")
     kind: str      # "per-image" | "set"
     role: str      # "predictor" | "target" | "quality" | "derived"
@@ -68,11 +69,35 @@ METRICS: tuple[MetricColumn, ...] = (
     MetricColumn("fisher_ratio", "probe", "set", "predictor", "Fisher ratio tr(S_B) / tr(S_W)", DISC),
     MetricColumn("rankme", "probe", "set", "predictor", "RankMe effective rank", DIM, representative=True),
     MetricColumn("explained_variance", "gmm", "set", "predictor", "variance explained at the common PCA dim", DIM),
-    MetricColumn("gmm_nll_k{K}", "gmm", "set", "predictor", "held-out GMM NLL, K components (nats/sample)", MODES,
+    MetricColumn("modes_heldout", "gmm", "set", "predictor", "the K with the lowest held-out GMM NLL", MODES),
+    MetricColumn("modes_bic", "gmm", "set", "predictor", "the K with the lowest BIC on the GMM's training part", MODES),
+    MetricColumn("gain_k{K>1}", "gmm", "set", "predictor",
+                 "held-out NLL(1) - NLL({K}): structure a {K}-mode mixture finds beyond one Gaussian (nats)", MODES,
                  representative=True),
+    MetricColumn("below_pca_variance", "gmm", "set", "derived",
+                 "1 when the tokenizer explains less than gmm.pca_variance at the common PCA dim (a flag)"),
+    MetricColumn("heldout_nll_spread", "gmm", "set", "derived",
+                 "largest range over K of the held-out NLL across the n_init EM starts (EM's start sensitivity)"),
+    MetricColumn("gmm_nll_k{K}", "gmm", "set", "derived",
+                 "held-out GMM NLL, K={K} (nats/sample); not a mode count: see modes_* and gain_k*"),
     MetricColumn("gmm_nll_per_dim_k{K}", "gmm", "set", "derived", "gmm_nll_k{K} / pca_dim: the same test again"),
     MetricColumn("sit_loss", "sit", "per-image", "target", "SiT held-out loss of the final EMA model"),
+    MetricColumn("sit_loss_linear", "sit", "set", "derived",
+                 "held-out loss of the best linear (Gaussian) denoiser of these latents: the floor sit_loss is read against"),
+    MetricColumn("sit_loss_gap", "sit", "set", "target",
+                 "sit_loss - sit_loss_linear: below 0 when SiT uses structure beyond second order"),
+    MetricColumn("sit_loss_raw", "sit", "set", "derived",
+                 "held-out loss of the final raw (non-EMA) SiT weights: the EMA's lag, not a new question"),
+    MetricColumn("sit_loss_auc", "sit", "set", "target", "mean EMA held-out loss over every evaluation of the run"),
     MetricColumn("{gfd}", "gfid", "set", "target", "FD of decoded SiT samples against the train split"),
+    MetricColumn("gkid_{ext}", "gfid", "set", "target",
+                 "KID (unbiased MMD^2, cubic kernel) of the decoded SiT samples against the train split"),
+    MetricColumn("gkid_{ext}_std", "gfid", "set", "derived", "std of gkid over its random subsets"),
+    MetricColumn("gfd_floor_{ext}", "gfid", "set", "derived",
+                 "FD between the train split and as many test images: the gFD of a perfect generator at this n"),
+    MetricColumn("gkid_floor_{ext}", "gfid", "set", "derived", "KID between the train split and as many test images"),
+    MetricColumn("cond_acc_{ext}", "gfid", "set", "target",
+                 "share of class-conditional samples the extractor's classifier assigns to the class asked for"),
 )
 CONTROL = "{rfd}"  # correlations.csv's spearman_partial controls for reconstruction quality
 
@@ -80,12 +105,16 @@ CONTROL = "{rfd}"  # correlations.csv's spearman_partial controls for reconstruc
 def study_metrics(components: list[int], rfd: str, gfd: str) -> list[MetricColumn]:
     """METRICS with the templates filled in for one study (its GMM components and FD names), in order.
 
-    A representative "{K}" template stays representative at the largest K only.
+    A representative "{K}" (or "{K>1}") template stays representative at the largest K only.
     """
     out = []
+    ext = extractor_name(gfd)
     for m in METRICS:
-        name = m.name.replace("{rfd}", rfd).replace("{gfd}", gfd)
-        ks = components if "{K}" in name else [None]
+        name = m.name.replace("{rfd}", rfd).replace("{gfd}", gfd).replace("{ext}", ext)
+        if "{K>1}" in name:
+            name, ks = name.replace("{K>1}", "{K}"), [k for k in components if int(k) > 1]
+        else:
+            ks = components if "{K}" in name else [None]
         out += [replace(m, name=name.replace("{K}", str(k)), doc=m.doc.replace("{K}", str(k)),
                         representative=m.representative and k == max(ks))
                 if k is not None else replace(m, name=name) for k in ks]
@@ -105,6 +134,11 @@ def representatives(metrics: list[MetricColumn], available: list[str]) -> dict[s
         if mine:
             out[h] = next((m.name for m in mine if m.representative), mine[0].name)
     return out
+
+
+def extractor_name(gfd: str) -> str:
+    """The extractor named by a generation FD column: "gfid" -> "inception", "gfd_lenet" -> "lenet"."""
+    return "inception" if gfd == "gfid" else gfd.removeprefix("gfd_")
 
 
 def fd_column_names(metrics_cfg) -> tuple[str, str]:

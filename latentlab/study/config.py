@@ -27,6 +27,7 @@ STUDY_VERSION = 1
 SPECIAL_ARCHS = ("pixels", "pretrained", "store", "python")
 TOKENIZER_STAGES = ("tokenizer", "eval", "extract", "probe", "sit", "sample", "gfid")
 RESUMABLE_STAGES = ("tokenizer", "sit")  # training: a killed attempt continues from its last checkpoint
+STUDY_GMM_N_INIT = 3  # EM starts per K in a study (the best fit kept; their spread is heldout_nll_spread)
 STUDY_KIND = "study"  # the `.latentlab` marker kind of a study directory
 
 
@@ -60,7 +61,7 @@ class StudyConfig:
     reference: str | None = None                     # comparisons.csv's reference (default: the first non-baseline)
     sit: dict = field(default_factory=dict)          # SiTTrainConfig fields (model, train: {steps, ...})
     sample: dict = field(default_factory=dict)       # SampleConfig fields (n = gFID sample count, steps, sampler)
-    gmm: dict = field(default_factory=dict)          # FitGMMConfig fields (components, pca_variance, ...)
+    gmm: dict = field(default_factory=dict)          # FitGMMConfig fields (components, pca_dim, n_init: 3, ...)
     probe: dict = field(default_factory=dict)        # DiscriminabilityConfig fields (pool, probe: {epochs}, ...)
     umap: dict = field(default_factory=dict)         # UmapConfig fields (n, pca_dim, ...)
     metrics: dict = field(default_factory=dict)      # MetricsConfig fields (extractor, ...)
@@ -210,7 +211,8 @@ def section_configs(cfg: StudyConfig) -> dict:
     return {
         "sit": sit_cfg,
         "sample": from_dict(SampleConfig, {"device": cfg.device, "seed": cfg.seed, **cfg.sample}, "sample"),
-        "gmm": check_config(from_dict(FitGMMConfig, {"device": cfg.device, "seed": cfg.seed, **cfg.gmm}, "gmm")),
+        "gmm": check_config(from_dict(FitGMMConfig, {"device": cfg.device, "seed": cfg.seed, "n_init": STUDY_GMM_N_INIT,
+                                                      **cfg.gmm}, "gmm")),
         "probe": from_dict(DiscriminabilityConfig, probe, "probe"),
         "umap": from_dict(UmapConfig, {"seed": cfg.seed, **cfg.umap}, "umap"),
         "metrics": from_dict(MetricsConfig, {"device": cfg.device, **cfg.metrics}, "metrics"),

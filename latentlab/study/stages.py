@@ -40,6 +40,7 @@ from latentlab.study.cache import StageLog, StageResult
 from latentlab.study.columns import fd_column_names
 from latentlab.study.config import plugin_spec
 from latentlab.study.report import build_outputs
+from latentlab.study.rows import generation_row, sit_reference_row, with_row
 from latentlab.tokenizers.models import TOKENIZERS
 from latentlab.tokenizers.plugins import describe_plugin
 from latentlab.tokenizers.training import TokenizerRunConfig, train_tokenizer
@@ -190,7 +191,7 @@ def tokenizer_stages(ctx: StudyContext, name: str, entry, r: int, step: Step) ->
                 "row": {"sit_loss": s.get("heldout_loss")},
                 "per_image": {"file": "run/heldout_images.csv", "columns": {"sit_loss": "loss"}}}
 
-    res["sit"] = step(own, "sit", {"up": res["extract"].hash, "sit": plain(sit_cfg)}, sit_fn)
+    res["sit"] = with_row(step(own, "sit", {"up": res["extract"].hash, "sit": plain(sit_cfg)}, sit_fn), sit_reference_row)
 
     sample_cfg = dataclasses.replace(ctx.sections["sample"], seed=ctx.seed(r, name, "sample"))
 
@@ -207,17 +208,12 @@ def tokenizer_stages(ctx: StudyContext, name: str, entry, r: int, step: Step) ->
         if not res["sample"].result.get("decoded"):
             why = res["sample"].result.get("skipped_decoding") or "samples were not decoded"
             return {"row": {}, "note": f"gFD skipped: {why}"}
-        s = fid(f"{cfg.dataset}:train", str(res["sample"].file("samples/images.npz")), metrics_cfg, out=work)
-        metric = s["metric"]
-        row = {"g" + metric: s[metric]}
-        is_name = s["extractor"].get("is_metric")
-        row.update({k: v for k, v in s.items() if is_name and k.startswith(is_name) and isinstance(v, float)})
-        out = {"row": row}
-        if (work / "fd_bootstrap.csv").is_file():
-            out["replicates"] = {"file": "fd_bootstrap.csv", "columns": {"g" + metric: metric}}
-        return out
+        images = res["sample"].file("samples/images.npz")
+        s = fid(f"{cfg.dataset}:train", str(images), metrics_cfg, out=work)
+        return generation_row(s, work, images, derive_seed(metrics_cfg.seed, "cond-bootstrap"))
 
-    res["gfid"] = step(own, "gfid", {"up": res["sample"].hash, "metrics": plain(metrics_cfg)}, gfid_fn)
+    gfid_key = {"up": res["sample"].hash, "metrics": plain(metrics_cfg), "version": 2}  # 2: KID, floor, cond. accuracy
+    res["gfid"] = step(own, "gfid", gfid_key, gfid_fn)
     return res
 
 
@@ -235,22 +231,36 @@ def _all(done: dict, stage: str) -> dict:
 
 
 def gmm_stage(ctx: StudyContext, done: dict[str, dict[str, StageResult]], r: int, step: Step) -> StageResult:
-    """NLL against components for every tokenizer of replicate r, in one common PCA dimension."""
+    """The GMM as a mode counter for every tokenizer of replicate r, in one common PCA dimension (`gmm.pca_dim`).
+
+    Each tokenizer's row: modes_heldout, modes_bic, gain_k{K} (modes.csv), below_pca_variance,
+    heldout_nll_spread (the largest over K) and, for the tables only, the raw NLLs gmm_nll_k{K}
+    and gmm_nll_per_dim_k{K}; all at the main dimension (a `pca_dims` sweep stays in gmm.csv).
+    """
     gmm_cfg = dataclasses.replace(ctx.sections["gmm"], seed=ctx.seed(r, OWNER, "gmm"))
 
     def fn(work: Path, resume: bool) -> dict:
         toks = [latents_of(n, res["extract"]) for n, res in done.items()]
-        table = fit_gmm_curves(toks, gmm_cfg, out=work).table
+        curves = fit_gmm_curves(toks, gmm_cfg, out=work)
+        dim = int(curves.reduction["pca_dim"])
+        table, modes = curves.table[curves.table["pca_dim"] == dim], curves.modes[curves.modes["pca_dim"] == dim]
         rows: dict[str, dict] = {}
         for _, g in table.iterrows():
             row = rows.setdefault(str(g.tokenizer), {"pca_dim": int(g.pca_dim),
                                                      "explained_variance": float(g.explained_variance)})
             row[f"gmm_nll_k{int(g.n_components)}"] = float(g.heldout_nll)
             row[f"gmm_nll_per_dim_k{int(g.n_components)}"] = float(g.nll_per_dim)
-        return {"csv": "gmm.csv", "figure": "nll_vs_components.png", "pca_dim": int(table["pca_dim"].iloc[0]),
+        for name, g in table.groupby("tokenizer", sort=False):
+            rows[str(name)]["heldout_nll_spread"] = float(g["heldout_nll_spread"].max())
+        for _, m in modes.iterrows():
+            rows[str(m.tokenizer)].update({k: (int(v) if k in ("modes_heldout", "modes_bic", "below_pca_variance")
+                                               else float(v))
+                                           for k, v in m.items() if k.startswith(("modes_", "gain_k", "below_"))})
+        return {"csv": "gmm.csv", "modes": "modes.csv", "figure": "nll_vs_components.png", "pca_dim": dim,
                 "rows": rows}
 
-    return step(f"{OWNER}/seed-{r}", "gmm", {"up": _all(done, "extract"), "gmm": plain(gmm_cfg)}, fn)
+    key = {"up": _all(done, "extract"), "gmm": plain(gmm_cfg), "version": 2}  # 2: modes, gains, n_init spread
+    return step(f"{OWNER}/seed-{r}", "gmm", key, fn)
 
 
 def umap_stage(ctx: StudyContext, done: dict[str, dict[str, StageResult]], step: Step) -> StageResult:
