@@ -97,12 +97,13 @@ def _check_tables(out: Path, seeds: int) -> None:
     for col in ["psnr", "ssim", "lp_top1", "knn_top1", "sit_loss", "gfd_lenet"]:
         assert (trained[f"{col}_lo"] <= trained[col]).all() and (trained[col] <= trained[f"{col}_hi"]).all(), col
         assert (trained[f"{col}_hi"] > trained[f"{col}_lo"]).all(), col
-    set_level = ["rankme", "gmm_nll_k2", "gain_k2", "sit_loss_gap", "sit_loss_auc", "gkid_lenet"]
+    set_level = ["rankme", "gmm_nll_k2", "gain_k2", "sit_loss_gap", "sit_loss_auc", "gkid_lenet", "twonn"]
     assert df[[f"{c}_lo" for c in set_level]].isna().all().all() == (seeds == 1)  # no within-run interval for these
-    for col in ["cond_acc_lenet"]:  # within-run replicates (Binomial draws)
+    for col in ["noise_robustness", "mask_robustness", "scale_psnr", "cond_acc_lenet"]:  # per-image or replicates
         assert (trained[f"{col}_lo"] <= trained[col]).all() and (trained[col] <= trained[f"{col}_hi"]).all(), col
-    assert (trained[["sit_loss_linear", "sit_loss_raw", "gfd_floor_lenet"]].notna()).all().all()
+    assert (trained[["sit_loss_linear", "sit_loss_raw", "gfd_floor_lenet", "response_hf"]].notna()).all().all()
     assert np.allclose(trained.sit_loss_gap, trained.sit_loss - trained.sit_loss_linear, rtol=1e-6)
+    assert trained.hf_energy.isna().all() and df.loc[df.tokenizer == "pixels", "hf_energy"].notna().all()
     assert df.cond_acc_lenet.between(0, 1).all() and (df.gfd_floor_lenet > 0).all()
     assert df.loc[df.tokenizer == "pixels", "baseline"].all() and not df.loc[df.tokenizer != "pixels", "baseline"].any()
     assert df.loc[df.tokenizer == "pixels", "psnr"].iloc[0] == float("inf")
@@ -121,6 +122,8 @@ def _check_tables(out: Path, seeds: int) -> None:
     assert not corr.predictor.str.startswith("gmm_nll").any() and "gain_k2" in set(corr.predictor)
     kept = json.loads((out / "analysis.json").read_text())
     assert {"modes_heldout", "modes_bic"} <= set(kept["predictors"]) | set(kept["dropped_predictors"])
+    assert {"noise_robustness", "mask_robustness", "response_hf", "twonn"} <= set(corr.predictor)
+    assert "hf_energy" in kept["dropped_predictors"]  # token layouts: only the pixels baseline has a spectrum
     assert set(corr.target) == {"sit_loss", "sit_loss_gap", "sit_loss_auc", "gfd_lenet", "gkid_lenet", "cond_acc_lenet"}
     ok = corr.dropna(subset=["spearman_lo"])
     assert len(ok) and ((ok.spearman_lo <= ok.spearman + 1e-9) & (ok.spearman <= ok.spearman_hi + 1e-9)).all()
@@ -188,7 +191,7 @@ def test_raising_seeds_reruns_only_the_new_replicate(study, tmp_path):
     shutil.copytree(root / "a", tmp_path / "c")
     res = run_study({**yaml.safe_load(cfg.read_text()), "seeds": 2}, tmp_path / "c")
     new = {f"{t}/seed-1/{s}" for t in TRAINED for s in TOKENIZER_STAGES}
-    new |= {f"pixels/seed-1/{s}" for s in ("probe", "sit", "sample", "gfid")}  # pixels: nothing to train
+    new |= {f"pixels/seed-1/{s}" for s in ("probe", "diffusability", "sit", "sample", "gfid")}  # nothing to train
     assert set(res["ran"]) == new | {"_study/seed-1/gmm", "_study/relate"}
     assert {f"{t}/seed-0/{s}" for t in NAMES for s in TOKENIZER_STAGES} <= set(res["reused"])
     _check_tables(tmp_path / "c", 2)

@@ -42,6 +42,8 @@ def test_mask_ratio_fixes_the_ratio():
     ({"primary": {"predictor": "lp_top1"}}, "primary must be {predictor"),
     ({"primary": {"predictor": "gmm_nll_per_dim_k1", "target": "sit_loss"}}, "is not a predictor of this study"),
     ({"primary": {"predictor": "gmm_nll_k1", "target": "sit_loss"}}, "is not a predictor of this study"),
+    ({"diffusability": {"n_images": 1}}, "n_images must be >= 2"),
+    ({"diffusability": {"colour": 1}}, "colour"),
     ({"primary": {"predictor": "lp_top1", "target": "rankme"}}, "is not a target of this study"),
     ({"tokenizers": {"ae": {"arch": "ae", "sweep": {"colour.x": [1]}}}}, "cannot sweep 'colour.x'"),
     ({"tokenizers": {"ae": {"arch": "ae", "sweep": {"model.kl_weight": 0.1}}}}, "must be a non-empty list"),
@@ -67,7 +69,7 @@ def test_metric_registry_is_well_formed():
     names = [m.name for m in study_metrics([1, 5], "rfd_lenet", "gfd_lenet")]
     assert len(names) == len(set(names))
     assert {"gmm_nll_k1", "gmm_nll_k5", "gmm_nll_per_dim_k5", "rfd_lenet", "gfd_lenet", "sit_loss"} <= set(names)
-    assert {"gain_k5", "modes_bic", "gkid_lenet", "cond_acc_lenet"} <= set(names) and "gain_k1" not in names
+    assert {"gain_k5", "modes_bic", "gkid_lenet", "cond_acc_lenet", "twonn"} <= set(names) and "gain_k1" not in names
     raw = [m for m in study_metrics([1, 5], "rfd_lenet", "gfd_lenet") if m.name.startswith("gmm_nll")]
     assert raw and all(m.role == "derived" for m in raw)  # the raw NLLs are not mode counts (issue 13)
     assert all(m.hypothesis in HYPOTHESES for m in METRICS if m.role == "predictor")

@@ -10,7 +10,8 @@ from dataclasses import dataclass, field
 from importlib.util import find_spec
 from pathlib import Path
 
-from latentlab.analysis.config import DiscriminabilityConfig, FitGMMConfig, ProbeConfig, UmapConfig, check_config
+from latentlab.analysis.config import (DiffusabilityConfig, DiscriminabilityConfig, FitGMMConfig, ProbeConfig,
+                                       UmapConfig, check_config)
 from latentlab.config import check_fields, from_dict, load_mapping
 from latentlab.data import DATASETS, parse_spec
 from latentlab.errors import LatentlabError
@@ -25,7 +26,7 @@ from latentlab.tokenizers.targets import TEACHER_PACKAGES
 
 STUDY_VERSION = 1
 SPECIAL_ARCHS = ("pixels", "pretrained", "store", "python")
-TOKENIZER_STAGES = ("tokenizer", "eval", "extract", "probe", "sit", "sample", "gfid")
+TOKENIZER_STAGES = ("tokenizer", "eval", "extract", "probe", "diffusability", "sit", "sample", "gfid")
 RESUMABLE_STAGES = ("tokenizer", "sit")  # training: a killed attempt continues from its last checkpoint
 STUDY_GMM_N_INIT = 3  # EM starts per K in a study (the best fit kept; their spread is heldout_nll_spread)
 STUDY_KIND = "study"  # the `.latentlab` marker kind of a study directory
@@ -64,6 +65,7 @@ class StudyConfig:
     gmm: dict = field(default_factory=dict)          # FitGMMConfig fields (components, pca_dim, n_init: 3, ...)
     probe: dict = field(default_factory=dict)        # DiscriminabilityConfig fields (pool, probe: {epochs}, ...)
     umap: dict = field(default_factory=dict)         # UmapConfig fields (n, pca_dim, ...)
+    diffusability: dict = field(default_factory=dict)  # DiffusabilityConfig fields (n_images, taus, fd_boot, ...)
     metrics: dict = field(default_factory=dict)      # MetricsConfig fields (extractor, ...)
     report: bool = True                              # render report.html from notebooks/report.ipynb
     executor: dict = field(default_factory=dict)     # ExecutorConfig fields (kind, jobs, partition, ...): how stages run
@@ -215,6 +217,8 @@ def section_configs(cfg: StudyConfig) -> dict:
                                                       **cfg.gmm}, "gmm")),
         "probe": from_dict(DiscriminabilityConfig, probe, "probe"),
         "umap": from_dict(UmapConfig, {"seed": cfg.seed, **cfg.umap}, "umap"),
+        "diffusability": from_dict(DiffusabilityConfig, {"device": cfg.device, "seed": cfg.seed, **cfg.diffusability},
+                                   "diffusability"),
         "metrics": from_dict(MetricsConfig, {"device": cfg.device, **cfg.metrics}, "metrics"),
     }
 

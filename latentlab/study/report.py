@@ -166,8 +166,9 @@ def curve_bands(curves: pd.DataFrame, seed: int = 0) -> pd.DataFrame:
 
 
 def _notes(reps: list[dict[str, StageResult]]) -> str | None:
-    """What a tokenizer's eval and gfid stages skipped, and why (e.g. no decode()), once each."""
-    notes = [r[s].result["note"] for r in reps for s in ("eval", "gfid") if r[s].result.get("note")]
+    """What a tokenizer's eval, diffusability and gfid stages skipped, and why (e.g. no decode()), once each."""
+    notes = [r[s].result["note"] for r in reps for s in ("eval", "diffusability", "gfid")
+             if s in r and r[s].result.get("note")]
     return "; ".join(dict.fromkeys(notes)) or None
 
 

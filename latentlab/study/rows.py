@@ -1,5 +1,6 @@
 """A stage's result, as the study tables read it: the row, per-image and replicate files of the newer measures.
 
+    diffusability_result(summary)     the diffusability stage's result from `run_diffusability`'s summary
     generation_row(summary, ...)      the gfid stage's result: gFD, gKID, the real-vs-real floor, conditional
                                       accuracy (with replicates.csv for the within-run bootstrap)
     with_row(stage, extra)            a finished stage with values read back from its own files added to its row
@@ -12,6 +13,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Callable
 
@@ -21,6 +23,28 @@ import pandas as pd
 from latentlab.io import save_csv
 from latentlab.study.cache import StageResult
 from latentlab.study.columns import extractor_name
+
+DIFFUSABILITY_COLUMNS = ("hf_energy", "spectral_slope", "image_hf_energy", "image_spectral_slope", "response_hf",
+                         "response_slope", "scale_psnr", "scale_psnr_ref", "noise_robustness", "mask_robustness",
+                         "twonn")
+DIFFUSABILITY_IMAGES = ("scale_psnr", "noise_robustness", "mask_robustness")  # diffusability_images.csv columns
+
+
+def diffusability_result(s: dict) -> dict:
+    """The diffusability stage's result from `run_diffusability`'s summary (one tokenizer): its row, the
+    per-image values of diffusability_images.csv, and a note saying what was not measured and why."""
+    raw = s["rows"][0]
+    row = {c: float(raw[c]) for c in DIFFUSABILITY_COLUMNS if isinstance(raw.get(c), (int, float))}
+    exact = {c: "inf" for c, v in row.items() if v == math.inf}  # raw pixels' identity decoder: exact, as eval's psnr
+    notes = [str(raw[k]) for k in ("spectrum_note", "scale_note", "decoder_note") if raw.get(k)]
+    out = {"row": {**row, **exact}, "csv": "diffusability.csv", "curves": "robustness.csv",
+           "figure": "diffusability.png", "seconds": raw.get("seconds"),
+           "per_image": {"file": "diffusability_images.csv",
+                         "columns": {c: c for c in DIFFUSABILITY_IMAGES if c in row and math.isfinite(row[c])}}}
+    if notes:
+        out["note"] = "diffusability: " + "; ".join(dict.fromkeys(notes))
+    return out
+
 
 N_COND_BOOT = 2000  # bootstrap replicates of the conditional accuracy
 

@@ -33,6 +33,7 @@ from latentlab.analysis.umap import run_umap
 from latentlab.extract import TokenizerLatents, extract, import_pixels, open_tokenizer
 from latentlab.io import atomic_dir, atomic_path, file_hash
 from latentlab.latents import LatentStore, open_split
+from latentlab.metrics.diffusability import run_diffusability
 from latentlab.metrics.evaluate import eval_tokenizer, fid
 from latentlab.sit.sample import sample
 from latentlab.sit.training import train_sit
@@ -40,7 +41,7 @@ from latentlab.study.cache import StageLog, StageResult
 from latentlab.study.columns import fd_column_names
 from latentlab.study.config import plugin_spec
 from latentlab.study.report import build_outputs
-from latentlab.study.rows import generation_row, sit_reference_row, with_row
+from latentlab.study.rows import diffusability_result, generation_row, sit_reference_row, with_row
 from latentlab.tokenizers.models import TOKENIZERS
 from latentlab.tokenizers.plugins import describe_plugin
 from latentlab.tokenizers.training import TokenizerRunConfig, train_tokenizer
@@ -102,7 +103,7 @@ def _train_tokenizer(ctx: StudyContext, name: str, entry, r: int, work: Path, re
 
 
 def tokenizer_stages(ctx: StudyContext, name: str, entry, r: int, step: Step) -> dict[str, StageResult]:
-    """tokenizer -> eval -> extract -> probe -> sit -> sample -> gfid for replicate `r` of one tokenizer."""
+    """tokenizer -> eval -> extract -> probe -> diffusability -> sit -> sample -> gfid for replicate `r` of one tokenizer."""
     cfg, arch = ctx.cfg, entry.arch
     trained = arch in TOKENIZERS
     own = replicate_dir(name, r)
@@ -179,6 +180,16 @@ def tokenizer_stages(ctx: StudyContext, name: str, entry, r: int, step: Step) ->
                               "columns": {c: c for c in ("lp_top1", "lp_top5", "knn_top1")}}}
 
     res["probe"] = step(own, "probe", {"up": res["extract"].hash, "probe": plain(probe_cfg)}, probe_fn)
+
+    # one seed per replicate, shared by its tokenizers: the same test images, noise and masks for all (paired)
+    diff_cfg = dataclasses.replace(ctx.sections["diffusability"], seed=ctx.seed(r, OWNER, "diffusability"))
+
+    def diffusability_fn(work: Path, resume: bool) -> dict:
+        return diffusability_result(run_diffusability([lat], work, diff_cfg))
+
+    res["diffusability"] = step(own, "diffusability", {"up": res["extract"].hash, "diffusability": plain(diff_cfg),
+                                                       "version": 1},
+                                diffusability_fn)
 
     sit_cfg = ctx.sections["sit"]
     sit_cfg = dataclasses.replace(sit_cfg, train={**sit_cfg.train, "seed": ctx.seed(r, name, "sit")})
