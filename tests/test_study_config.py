@@ -75,3 +75,15 @@ def test_metric_registry_is_well_formed():
     assert all(m.hypothesis in HYPOTHESES for m in METRICS if m.role == "predictor")
     inception = [m.name for m in study_metrics([1], "rfid", "gfid")]
     assert {"gkid_inception", "gfd_floor_inception", "cond_acc_inception"} <= set(inception)
+
+
+def test_diffusability_section_follows_the_study():
+    """The diffusability section defaults to the study's seed, device and FD extractor; its own keys win."""
+    from latentlab.study.config import section_configs
+
+    cfg, _ = load_study_config(_cfg(seed=7, metrics={"extractor": "torchscript:/x.pt"}))
+    d = section_configs(cfg)["diffusability"]
+    assert d.extractor == "torchscript:/x.pt" and d.seed == 7 and d.n_images == 256
+    cfg, _ = load_study_config(_cfg(diffusability={"extractor": "lenet", "n_images": 64, "taus": [0.5]}))
+    d = section_configs(cfg)["diffusability"]
+    assert d.extractor == "lenet" and d.n_images == 64 and d.taus == (0.5,)

@@ -210,6 +210,7 @@ def section_configs(cfg: StudyConfig) -> dict:
     sit["train"] = {"seed": cfg.seed, "device": cfg.device, **sit.get("train", {})}
     sit_cfg = from_dict(SiTTrainConfig, sit, "sit")
     sit_cfg.train_config("sit.train")  # validates the nested train overrides
+    metrics = from_dict(MetricsConfig, {"device": cfg.device, **cfg.metrics}, "metrics")
     return {
         "sit": sit_cfg,
         "sample": from_dict(SampleConfig, {"device": cfg.device, "seed": cfg.seed, **cfg.sample}, "sample"),
@@ -217,9 +218,11 @@ def section_configs(cfg: StudyConfig) -> dict:
                                                       **cfg.gmm}, "gmm")),
         "probe": from_dict(DiscriminabilityConfig, probe, "probe"),
         "umap": from_dict(UmapConfig, {"seed": cfg.seed, **cfg.umap}, "umap"),
-        "diffusability": from_dict(DiffusabilityConfig, {"device": cfg.device, "seed": cfg.seed, **cfg.diffusability},
+        # the corrupted decodes' FD in the study's features unless the section says otherwise
+        "diffusability": from_dict(DiffusabilityConfig, {"device": cfg.device, "seed": cfg.seed,
+                                                         "extractor": metrics.extractor, **cfg.diffusability},
                                    "diffusability"),
-        "metrics": from_dict(MetricsConfig, {"device": cfg.device, **cfg.metrics}, "metrics"),
+        "metrics": metrics,
     }
 
 
@@ -259,10 +262,11 @@ def _requirements(cfg: StudyConfig, entries: dict[str, TokenizerEntry], sections
     if cfg.report:
         needs += [(m, "report: true", "pip install 'latentlab[notebooks]', or set report: false")
                   for m in ("nbformat", "nbclient", "nbconvert", "ipykernel")]
-    extractor = sections["metrics"].extractor.partition(":")[0]
-    if extractor in ("inception", "dinov2"):
-        needs.append(("torch_fidelity", f"metrics.extractor {extractor}",
-                      "pip install 'latentlab[fid]', or set metrics: {extractor: lenet}"))
+    for section in ("metrics", "diffusability"):
+        extractor = sections[section].extractor.partition(":")[0]
+        if extractor in ("inception", "dinov2"):
+            needs.append(("torch_fidelity", f"{section}.extractor {extractor}",
+                          f"pip install 'latentlab[fid]', or set {section}: {{extractor: lenet}}"))
     for name, e in entries.items():
         specs = ([e.model.get("teacher", "hog")] if e.arch == "vavae" else
                  list(e.model.get("aux_targets", ["hog"])) if e.arch == "maetok" else [])
