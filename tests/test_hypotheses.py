@@ -26,6 +26,7 @@ def test_representatives_are_declared_then_fall_back_in_registry_order():
     names = [m.name for m in metrics]
     got = representatives(metrics, names)
     assert set(got) <= set(HYPOTHESES) and got["modes"] == "gain_k4" and got["discriminability"] == "lp_top1"
+    assert got["spectrum"] == "response_hf" and got["robustness"] == "noise_robustness" and got["dimension"] == "rankme"
     # the declared one is missing (e.g. constant in this study): the hypothesis's first predictor in METRICS order
     fallback = representatives(metrics, [n for n in names if n not in ("gain_k4", "lp_top1")])
     assert fallback["modes"] == "modes_heldout" and fallback["discriminability"] == "lp_top5"

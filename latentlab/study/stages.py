@@ -202,7 +202,8 @@ def tokenizer_stages(ctx: StudyContext, name: str, entry, r: int, step: Step) ->
                 "row": {"sit_loss": s.get("heldout_loss")},
                 "per_image": {"file": "run/heldout_images.csv", "columns": {"sit_loss": "loss"}}}
 
-    res["sit"] = with_row(step(own, "sit", {"up": res["extract"].hash, "sit": plain(sit_cfg)}, sit_fn), sit_reference_row)
+    sit_stage = step(own, "sit", {"up": res["extract"].hash, "sit": plain(sit_cfg)}, sit_fn)
+    res["sit"] = with_row(sit_stage, sit_reference_row)  # the linear reference etc., read from its files
 
     sample_cfg = dataclasses.replace(ctx.sections["sample"], seed=ctx.seed(r, name, "sample"))
 
