@@ -338,7 +338,7 @@ def test_jobs_2_and_submitit_give_the_tables_of_jobs_1(study, tmp_path):
     """--jobs 2 and submitit's local executor redo part of the study: the tables equal the in-process run's."""
     cfg, root, env, _ = study
     out = tmp_path / "j2"
-    redo = [f"{t}/seed-0/{s}" for t in ("ae", "vae") for s in ("sit", "sample", "gfid")] + ["_study/seed-0/gmm",
+    redo = [f"{t}/seed-0/{s}" for t in ("ae", "vavae") for s in ("sit", "sample", "gfid")] + ["_study/seed-0/gmm",
                                                                                              "_study/relate"]
     _without(root / "a", out, redo)
     proc = _run_jobs(cfg, out, env, "--jobs", "2")
@@ -358,14 +358,14 @@ def test_jobs_2_and_submitit_give_the_tables_of_jobs_1(study, tmp_path):
 def test_a_failed_stage_blocks_only_its_dependents_and_a_rerun_resubmits_only_them(study, tmp_path):
     cfg, root, env, _ = study
     out = tmp_path / "f"
-    _without(root / "a", out, ["ae/seed-0/sample", "ae/seed-0/gfid", "vae/seed-0/gfid", "_study/relate"])
+    _without(root / "a", out, ["ae/seed-0/sample", "ae/seed-0/gfid", "vavae/seed-0/gfid", "_study/relate"])
     run = out / "ae" / "seed-0" / "sit" / "run"
     run.rename(run.with_name("moved"))  # ae's sample cannot load its SiT run: it fails
     proc = _run_jobs(cfg, out, env, "--jobs", "2")
     assert proc.returncode == 2 and proc.stderr.splitlines()[-1].startswith("error: "), proc.stderr[-3000:]
     assert "1 stage(s) failed: ae/seed-0/sample (log: " in proc.stderr and "ae.seed-0.sample.log" in proc.stderr
     assert "2 stage(s) that need them did not run" in proc.stderr
-    assert (out / "vae" / "seed-0" / "gfid" / "stage.json").is_file()  # independent of the failure: it ran
+    assert (out / "vavae" / "seed-0" / "gfid" / "stage.json").is_file()  # independent of the failure: it ran
     assert not (out / "ae" / "seed-0" / "gfid").exists() and not (out / "_study" / "relate").exists()
     run.with_name("moved").rename(run)
     proc = _run_jobs(cfg, out, env, "--jobs", "2")
@@ -384,7 +384,7 @@ def test_one_stage_needs_its_upstream_stages(study, tmp_path):
     assert code == 2 and "is not a stage of this study" in err
     code, _, err = run_cli("run", str(cfg), "--out", str(tmp_path / "new"), "--stage", "ae/seed-0/sit")
     assert code == 2 and "not a started study" in err and not (tmp_path / "new").exists()
-    code, stdout, err = run_cli("run", str(cfg), "--out", str(out), "--stage", "vae/seed-0/gfid", "--json")
+    code, stdout, err = run_cli("run", str(cfg), "--out", str(out), "--stage", "vavae/seed-0/gfid", "--json")
     assert code == 0 and json.loads(stdout)["reused"]  # complete: reused, nothing runs
     assert not (out / "ae" / "seed-0" / "sit").exists()
 

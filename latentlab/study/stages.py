@@ -290,12 +290,12 @@ def relate_stage(ctx: StudyContext, done: dict[str, list[dict[str, StageResult]]
     key = {"up": {n: [{s: r.hash for s, r in rep.items()} for rep in reps] for n, reps in done.items()},
            "gmm": [g.hash for g in gmms], "umap": umap.hash, "report": bool(ctx.cfg.report),
            "primary": ctx.cfg.primary, "reference": ctx.cfg.reference,
-           "baseline": {n: e.baseline for n, e in ctx.entries.items()}, "version": 2}
+           "baseline": {n: e.baseline for n, e in ctx.entries.items()}, "version": 3}  # 3: hypotheses tables
     return step(OWNER, "relate", key, lambda work, resume: build_outputs(ctx, done, gmms, umap, work))
 
 
-PUBLISHED = ("runs.csv", "summary.csv", "comparisons.csv", "correlations.csv", "analysis.json", "report.html", "tables",
-             "figures")
+PUBLISHED = ("runs.csv", "summary.csv", "comparisons.csv", "correlations.csv", "hypotheses.csv", "hypotheses_pairs.csv",
+             "analysis.json", "report.html", "tables", "figures")
 
 
 def publish(relate: StageResult, out: Path) -> None:
