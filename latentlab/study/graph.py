@@ -113,8 +113,8 @@ def _walk(ctx: S.StudyContext, step) -> None:
                 rec[stage] = step(owner, stage, key, fn)
                 return rec[stage]
 
-            attempt(lambda: S.tokenizer_stages(ctx, name, entry, r, keep))
-            done[name].append(rec)
+            chain = attempt(lambda: S.tokenizer_stages(ctx, name, entry, r, keep))
+            done[name].append(rec if chain is None else chain)  # a whole chain: its results as the tables read them
         reps = {n: reps[r] for n, reps in done.items()}
         gmms.append(attempt(lambda: S.gmm_stage(ctx, reps, r, step)) if all("extract" in x for x in reps.values())
                     else None)
