@@ -341,33 +341,23 @@ def resolve_path(spec: str) -> Path:
 
 def _is_spec(spec: str) -> bool:
     """Whether `spec` names a tokenizer by itself: external, planted, an existing path or a workspace name."""
-    if is_external(spec) or spec.startswith("planted:"):
-        return True
     try:
-        resolve_path(spec)
+        return is_external(spec) or spec.startswith("planted:") or resolve_path(spec) is not None
     except LatentlabError:
         return False
-    return True
 
 
 def split_label(arg: str) -> tuple[str, str]:
-    """`[LABEL=]SPEC` -> (label, spec); "" when there is no label.
-
-    A label may be a study variant's name (``vae@kl_weight=1e-06``, ``m@a=1,b=2``), which holds "=" itself,
-    and a spec may hold "=" too (``python:m:f:k=v``, ``planted:modes=4,...``). The whole argument is the spec
-    when it names a tokenizer by itself; otherwise the split is at the first "=" whose right side does, and
-    failing that at the first "=" after a plain label (the spec's own error then names it).
-    """
+    """`[LABEL=]SPEC` -> (label, spec), label "" when absent. Labels may hold "=" (a variant: ``vae@kl_weight=1e-06``)
+    and so may specs (``python:m:f:k=v``): the cut is at the first "=" whose right side names a tokenizer, unless
+    the whole argument does; failing both, after a plain label (the spec's own error then names it)."""
     if _is_spec(arg):
         return "", arg
-    cuts = [i for i, ch in enumerate(arg) if ch == "="]
-    for i in cuts:
+    for i in (i for i, ch in enumerate(arg) if ch == "="):
         if re.fullmatch(r"[\w.+@=,-]+", arg[:i]) and _is_spec(arg[i + 1:]):
             return arg[:i], arg[i + 1:]
     label, sep, spec = arg.partition("=")
-    if sep and re.fullmatch(r"[\w.+-]+", label):
-        return label, spec
-    return "", arg
+    return (label, spec) if sep and re.fullmatch(r"[\w.+-]+", label) else ("", arg)
 
 
 def resolve_tokenizer(arg: str, dataset: str | None = None, need_test: bool = False) -> TokenizerLatents:
