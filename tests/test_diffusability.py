@@ -14,13 +14,13 @@ from conftest import run_cli
 from latentlab.analysis.config import DiffusabilityConfig
 from latentlab.analysis.diffusability import (curve_area, dct_power, high_frequency_bins,
                                              log_log_slope, radial_index, radial_profile, spectrum,
-                                             subsample_interval, twonn)
+                                             twonn, twonn_interval)
 from latentlab.extract import import_pixels
 from latentlab.latents import LatentStore
 from latentlab.metrics.diffusability import Subject, measure, response_columns, robustness_curves, scale_columns
 from latentlab.sit.sample import PixelTokens
 
-CFG = DiffusabilityConfig(n_boot=200, fd=False, id_subsamples=10)
+CFG = DiffusabilityConfig(n_boot=200, fd=False, id_boot=10)
 
 
 def test_dct_is_orthonormal_and_the_radial_profile_averages_rings(rng):
@@ -76,8 +76,9 @@ def test_log_log_slope_of_an_exact_power_law():
 
 def test_twonn_recovers_the_dimension_of_planted_manifolds(rng):
     flat = rng.uniform(size=(1500, 4)) @ rng.normal(size=(4, 24))  # a 4-d linear patch in 24-d
-    est, lo, hi = subsample_interval(flat, twonn, 20, 0.95, 0)
-    assert est == pytest.approx(4.0, abs=0.4) and lo < 4.0 < hi
+    est, lo, hi = twonn_interval(flat, 200, 0.95, 0)
+    assert est == pytest.approx(twonn(flat), rel=1e-9)  # the bootstrap refits skdim on the same ratios
+    assert est == pytest.approx(4.0, abs=0.4) and lo < est < hi and lo < 4.0 < hi
     v = rng.normal(size=(2000, 3))
     sphere = v / np.linalg.norm(v, axis=1, keepdims=True)  # S^2: a curved 2-d manifold in 3-d
     assert twonn(sphere) == pytest.approx(2.0, abs=0.25)
@@ -145,7 +146,7 @@ def test_measure_on_planted_grid_decoders(rng):
 
     z = torch.tensor(rng.normal(size=(40, 3, 8, 8)), dtype=torch.float32) * 0.3
     norm = {"mode": "channel", "mean": [0.0] * 3, "std": [0.3] * 3, "layout": "grid"}
-    cfg = DiffusabilityConfig(n_boot=100, fd=False, id_subsamples=6)
+    cfg = DiffusabilityConfig(n_boot=100, fd=False, id_boot=6)
     rows = {}
     for dec in (Pointwise(), Upsample()):
         s = Subject(name=type(dec).__name__, z=z, images=dec.decode(z), norm=norm, layout="grid", decoder=dec,
@@ -237,7 +238,7 @@ def test_fd_of_corrupted_decodes_in_lenet_features(lenet_root, tmp_path):
     from latentlab.metrics.diffusability import run_diffusability
 
     cfg = DiffusabilityConfig(n_images=64, taus=(0.25, 0.75), mask_ratios=(0.5,), id_samples=100, n_boot=100,
-                              fd_boot=20, id_subsamples=5, device="cpu")
+                              fd_boot=20, id_boot=5, device="cpu")
     s = run_diffusability([resolve_tokenizer(f"pixels={tmp_path / 'pixels'}")], tmp_path / "out", cfg)
     assert s["metric"] == "fd_lenet" and s["extractor"]["name"] == "lenet"  # the stand-in, never called FID
     row = pd.read_csv(tmp_path / "out" / "diffusability.csv").iloc[0]
@@ -259,7 +260,7 @@ def test_a_diffusers_grid_tokenizer(tmp_path):
     vae.save_pretrained(tmp_path / "vae")
     tok = resolve_tokenizer(f"sd=diffusers:{tmp_path / 'vae'}", dataset="digits")
     cfg = DiffusabilityConfig(n_images=32, taus=(0.5,), mask_ratios=(0.5,), id_samples=100, n_boot=100, fd=False,
-                              id_subsamples=5, device="cpu")
+                              id_boot=5, device="cpu")
     row = run_diffusability([tok], tmp_path / "out", cfg)["rows"][0]
     assert row["layout"] == "grid" and row["latent_shape"] == "2x4x4" and row["spectrum_note"] == ""
     assert 0 < row["hf_energy"] < 1 and 0 < row["image_hf_energy"] < 1 and math.isfinite(row["image_spectral_slope"])

@@ -146,7 +146,7 @@ class DiffusabilityConfig:
     mask_ratios: tuple[float, ...] = (0.1, 0.25, 0.5, 0.75)   # share of tokens / positions zeroed
     response_scale: float = 0.05                 # std of the decoder-response perturbation, normalised units
     id_samples: int = 1000                       # train latents for TwoNN and RankMe
-    id_subsamples: int = 20                      # subsamples of half the rows for TwoNN's interval
+    id_boot: int = 20                            # bootstrap resamples of RankMe (an SVD each); TwoNN uses n_boot
     n_boot: int = 1000                           # bootstrap resamples of per-image means and ratios
     fd_boot: int = 50                            # bootstrap resamples of each FD
     level: float = 0.95                          # interval coverage
@@ -168,7 +168,7 @@ class DiffusabilityConfig:
         for name in ("n_images", "id_samples", "batch_size"):
             if getattr(self, name) < 2:
                 raise ValueError(f"{name} must be >= 2, got {getattr(self, name)}")
-        for name in ("id_subsamples", "n_boot", "fd_boot"):
+        for name in ("id_boot", "n_boot", "fd_boot"):
             if getattr(self, name) < 2:
                 raise ValueError(f"{name} must be >= 2 resamples, got {getattr(self, name)}")
         if not 0.0 < self.level < 1.0:

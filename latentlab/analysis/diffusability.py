@@ -19,9 +19,8 @@ decodes through the tokenizer and compares images, is `latentlab.metrics.diffusa
   the largest 10% of ratios discarded).
 
 Every estimate comes with an interval: `bootstrap_interval` resamples images (scipy.stats.bootstrap,
-percentile method); TwoNN, which duplicated rows would break (r1 = 0), is given a subsampling
-interval instead (`subsample_interval`: half the rows without replacement, the spread rescaled by
-sqrt(m / n), Politis & Romano 1994); statistics that repeated rows bias (FD, RankMe) get the
+percentile method); TwoNN's interval resamples the points' neighbour ratios (`twonn_interval`:
+resampling the rows themselves would create duplicates, r1 = 0); statistics that repeated rows bias (FD, RankMe) get the
 bootstrap spread centred on the estimate (`metrics.fid.fd_interval`).
 """
 
@@ -61,22 +60,6 @@ def mean_interval(values: np.ndarray, n_boot: int, level: float, seed: int) -> t
     values = np.asarray(values, np.float64)
     lo, hi = bootstrap_interval((values,), lambda v, axis: v.mean(axis), n_boot, level, seed)
     return float(values.mean()), lo, hi
-
-
-def subsample_interval(x: np.ndarray, estimator: Callable[[np.ndarray], float], n_sub: int, level: float,
-                       seed: int, frac: float = 0.5) -> tuple[float, float, float]:
-    """(estimate, lo, hi): the estimator on all rows, its interval from `n_sub` subsamples of frac * n rows.
-
-    Subsampling interval for a sqrt(n)-consistent estimate: theta_n - sqrt(m/n) * q(theta_m - theta_n).
-    """
-    n = len(x)
-    est = float(estimator(x))
-    m = max(3, int(frac * n))
-    rng = np.random.default_rng(seed)
-    draws = np.array([estimator(x[np.sort(rng.choice(n, m, replace=False))]) for _ in range(n_sub)], np.float64)
-    dev = (draws - est) * math.sqrt(m / n)
-    a = (1 - level) / 2
-    return est, est - float(np.quantile(dev, 1 - a)), est - float(np.quantile(dev, a))
 
 
 # ---------------------------------------------------------------- spectrum
@@ -177,13 +160,50 @@ def curve_area(levels: np.ndarray | tuple, values: np.ndarray) -> np.ndarray:
     return np.trapezoid(values, levels, axis=-1) / (levels[-1] - levels[0])
 
 
-def twonn(x: np.ndarray) -> float:
-    """TwoNN intrinsic dimension of rows x (n, D), by scikit-dimension (linear fit, 10% of ratios discarded)."""
+def _skdim():
     try:
         import skdim
     except ImportError:
         raise LatentlabError("TwoNN needs scikit-dimension: pip install scikit-dimension") from None
+    return skdim
+
+
+def twonn(x: np.ndarray) -> float:
+    """TwoNN intrinsic dimension of rows x (n, D), by scikit-dimension (linear fit, 10% of ratios discarded)."""
     x = np.asarray(x, np.float64)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # duplicate rows are dropped by skdim with a warning
-        return float(skdim.id.TwoNN().fit(x).dimension_)
+        return float(_skdim().id.TwoNN().fit(x).dimension_)
+
+
+def neighbour_ratios(x: np.ndarray) -> np.ndarray:
+    """mu = r2 / r1 of each row's two nearest neighbours among the rows (n, D); rows with a duplicate dropped."""
+    from sklearn.neighbors import NearestNeighbors
+
+    x = np.asarray(x, np.float64)
+    dist, _ = NearestNeighbors(n_neighbors=3).fit(x).kneighbors(x)  # column 0: the row itself
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mu = dist[:, 2] / dist[:, 1]
+    return mu[np.isfinite(mu)]
+
+
+def twonn_interval(x: np.ndarray, n_boot: int, level: float, seed: int) -> tuple[float, float, float]:
+    """(TwoNN estimate, lo, hi): the estimate of `twonn`, with a percentile bootstrap interval over the points.
+
+    TwoNN's model treats the neighbour ratios mu as independent Pareto(1, d) draws, so the bootstrap resamples
+    them (computed once on all rows) and refits skdim's estimator on each resample: the interval is that of
+    the same number of points, around the estimate itself. (Subsampling fewer rows would not do: the estimate
+    moves with the number of points, so such an interval can miss its own estimate.)
+    """
+    mu = neighbour_ratios(x)
+    fit = _skdim().id.TwoNN(dist=True)
+
+    def stat(m):
+        return float(fit.fit(np.stack([np.ones_like(m), m], 1)).dimension_)
+
+    est = stat(mu)
+    if len(mu) < 3:
+        return est, math.nan, math.nan
+    res = scipy.stats.bootstrap((mu,), stat, n_resamples=n_boot, confidence_level=level, method="percentile",
+                                vectorized=False, random_state=np.random.default_rng(seed))
+    return est, float(res.confidence_interval.low), float(res.confidence_interval.high)

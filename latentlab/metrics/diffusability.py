@@ -41,7 +41,7 @@ import torch
 
 from latentlab.analysis.config import DiffusabilityConfig
 from latentlab.analysis.diffusability import (area_pool, curve_area,
-                                             mean_interval, normalise_channels, spectrum, subsample_interval, twonn)
+                                             mean_interval, normalise_channels, spectrum, twonn_interval)
 from latentlab.analysis.stream import Rows
 from latentlab.analysis.structure import rankme
 from latentlab.data import get_dataset
@@ -270,18 +270,18 @@ def robustness_curves(s: Subject, cfg: DiffusabilityConfig, ext: FeatureExtracto
 
 
 def intrinsic_dimension(s: Subject, cfg: DiffusabilityConfig) -> dict:
-    """TwoNN (subsampling interval) and RankMe (bootstrap interval) of flattened train latents."""
+    """TwoNN (bootstrap of the neighbour ratios) and RankMe (bootstrap of the rows) of flattened train latents."""
     if isinstance(s.id_latents, tuple):
         store, rows = s.id_latents
         x = store.take(rows, flatten=True).astype(np.float64)                              # (m, D)
     else:
         x = np.asarray(s.id_latents, np.float64).reshape(len(s.id_latents), -1)
-    row = {"id_n": len(x), **_interval_cols("twonn", *subsample_interval(x, twonn, cfg.id_subsamples, cfg.level,
-                                                                        derive_seed("twonn", cfg.seed)))}
+    row = {"id_n": len(x), **_interval_cols("twonn", *twonn_interval(x, cfg.n_boot, cfg.level,
+                                                                    derive_seed("twonn", cfg.seed)))}
     est = rankme(Rows(x), max_samples=len(x))
     rng = np.random.default_rng(derive_seed("rankme", cfg.seed))
     draws = np.array([rankme(Rows(x[rng.integers(0, len(x), len(x))]), max_samples=len(x))
-                      for _ in range(cfg.id_subsamples)])
+                      for _ in range(cfg.id_boot)])
     row.update(_interval_cols("id_rankme", est, *fd_interval(est, draws, cfg.level)))  # spread about the estimate
     return row
 
