@@ -174,7 +174,8 @@ def _notes(reps: list[dict[str, StageResult]]) -> str | None:
 
 def _stage_tables(done: dict, gmms: list[StageResult]) -> dict[str, pd.DataFrame]:
     """The per-stage tables of every run, with a replicate column."""
-    out: dict[str, list] = {"gmm": [], "probe": [], "recon": [], "generation": [], "sit_curves": []}
+    out: dict[str, list] = {"gmm": [], "probe": [], "recon": [], "generation": [], "diffusability": [],
+                            "robustness": [], "sit_curves": []}
     for r, g in enumerate(gmms):
         out["gmm"].append(pd.read_csv(g.file("gmm.csv")).assign(replicate=r))
     for name, reps in done.items():
@@ -184,6 +185,11 @@ def _stage_tables(done: dict, gmms: list[StageResult]) -> dict[str, pd.DataFrame
                                                "note": res["eval"].result.get("note")}]))
             out["generation"].append(pd.DataFrame([{"tokenizer": name, "replicate": r, **res["gfid"].result.get("row", {}),
                                                     "note": res["gfid"].result.get("note")}]))
+            diff = res.get("diffusability")
+            for key, default in (("diffusability", "csv"), ("robustness", "curves")):
+                f = diff.file(diff.result.get(default, "")) if diff is not None else None
+                if f is not None and diff.result.get(default) and f.is_file():
+                    out[key].append(pd.read_csv(f).assign(tokenizer=name, replicate=r))
             curve = res["sit"].file(res["sit"].result.get("curve", ""))
             if curve.is_file():
                 out["sit_curves"].append(pd.read_csv(curve).assign(tokenizer=name, replicate=r))

@@ -188,7 +188,7 @@ def tokenizer_stages(ctx: StudyContext, name: str, entry, r: int, step: Step) ->
         return diffusability_result(run_diffusability([lat], work, diff_cfg))
 
     res["diffusability"] = step(own, "diffusability", {"up": res["extract"].hash, "diffusability": plain(diff_cfg),
-                                                       "version": 1},
+                                                       "version": 2},  # 2: TwoNN bootstrap interval
                                 diffusability_fn)
 
     sit_cfg = ctx.sections["sit"]
@@ -290,7 +290,7 @@ def relate_stage(ctx: StudyContext, done: dict[str, list[dict[str, StageResult]]
     key = {"up": {n: [{s: r.hash for s, r in rep.items()} for rep in reps] for n, reps in done.items()},
            "gmm": [g.hash for g in gmms], "umap": umap.hash, "report": bool(ctx.cfg.report),
            "primary": ctx.cfg.primary, "reference": ctx.cfg.reference,
-           "baseline": {n: e.baseline for n, e in ctx.entries.items()}, "version": 3}  # 3: hypotheses tables
+           "baseline": {n: e.baseline for n, e in ctx.entries.items()}, "version": 4}  # 3: hypotheses tables, 4: diffusability tables
     return step(OWNER, "relate", key, lambda work, resume: build_outputs(ctx, done, gmms, umap, work))
 
 
