@@ -153,6 +153,10 @@ def _extract_split(model: torch.nn.Module, info: dict, tokenizer: str | Path, da
             raise LatentlabError(f"{dataset} split {split} is empty")
         return writer.close()
     part = parts.with_name(f".{parts.name}.part-{r}.npz")
+    if is_main():  # a killed earlier run (perhaps with more ranks) may have left parts behind
+        for stale in parts.parent.glob(f".{parts.name}.part-*.npz"):
+            stale.unlink(missing_ok=True)
+    torch.distributed.barrier()
     chunks = list(encode_dataset(model, ds, start, end, batch_size, dev))
     part.parent.mkdir(parents=True, exist_ok=True)
     if chunks:

@@ -173,11 +173,12 @@ def test_two_rank_extraction_equals_one_rank(run_dir, tmp_path):
     import torch.multiprocessing as mp
 
     one = extract(run_dir, "digits", "test", tmp_path / "one", batch_size=64, device="cpu")
+    (tmp_path / ".two.part-2.npz").write_bytes(b"left by a killed 3-rank run")
     mp.spawn(_extract_worker, args=(2, str(tmp_path / "init"), str(run_dir), str(tmp_path / "two")), nprocs=2, join=True)
     two = LatentStore.open(tmp_path / "two")
     assert np.allclose(one.load()[0], two.load()[0], atol=1e-6)
     assert np.array_equal(one.labels, two.labels)
-    assert not list(tmp_path.glob(".two.part-*"))  # the rank part files are cleaned up
+    assert not list(tmp_path.glob(".two.part-*"))  # the rank part files are cleaned up, a stale one too
 
 
 def _to_ldm_layout(state: dict, n_blocks: int) -> dict:
