@@ -217,3 +217,22 @@ def test_cut_off_checkpoint_is_refused_not_resumed_inexactly(tmp_path, monkeypat
     assert not list((tmp_path / "run").glob(".*.tmp-*"))
     with pytest.raises(LatentlabError, match="cut off"):
         T.train(Regression(), _cfg(steps=40, ckpt_every=40, eval_every=40), tmp_path / "run", resume=True)
+
+
+def test_disk_full_mid_write_is_one_line_and_the_old_output_stays(w, tmp_path, monkeypatch):
+    import errno
+
+    import pandas as pd
+
+    args = _commands(w)["fit-gmm"]
+    out = tmp_path / "out"
+    code, _, err = run_cli(*args, "--out", str(out))
+    assert code == 0, err
+    before = _tree(out)
+
+    def full(self, path=None, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", full)
+    _one_line_error(*run_cli(*args, "--out", str(out)), "No space left on device", "free space")
+    assert _tree(out) == before and sorted(p.name for p in tmp_path.iterdir()) == ["out"]

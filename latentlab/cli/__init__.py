@@ -26,6 +26,13 @@ class _Group(click.Group):
             msg = e.format_message() if isinstance(e, click.ClickException) else str(e)
             click.echo(f"error: {' '.join(msg.split())}", err=True)
             sys.exit(2)
+        except OSError as e:  # the disk filled up, a folder became read-only, ... while a command was writing
+            if isinstance(e, BrokenPipeError):  # `latentlab ... | head`: the reader left, nothing to report
+                sys.exit(0)
+            where = f" ({e.filename})" if e.filename else ""
+            click.echo(f"error: {e.strerror or type(e).__name__}{where}; free space or choose another --out",
+                       err=True)
+            sys.exit(2)
         except click.Abort:
             click.echo("aborted", err=True)
             sys.exit(130)
