@@ -163,6 +163,27 @@ def check_output(path: str | os.PathLike, kind: str, parents: bool = False) -> b
     return True
 
 
+def check_output_file(path: str | os.PathLike, signature: str, parents: bool = False) -> None:
+    """Refuse `path` as an output file unless absent or a file latentlab wrote (it holds `signature`).
+
+    The file itself is replaced atomically by the caller; a folder, a file without the signature, a missing
+    parent folder (unless `parents`) or an unwritable location is a one-line LatentlabError.
+    """
+    shown, path = Path(path), Path(os.path.abspath(path))
+    if path.is_dir():
+        raise LatentlabError(f"{shown} is a folder; give --out a file name (for example {shown / 'report.html'})")
+    _check_parent(shown, path, parents)
+    if path.exists() or path.is_symlink():
+        try:
+            with open(path, "rb") as f:
+                ours = signature.encode() in f.read(1 << 20)
+        except OSError as e:
+            raise os_error(e, shown) from None
+        if not ours:
+            raise LatentlabError(f"{shown} is a file that latentlab did not write; latentlab never replaces files "
+                                 "it did not write: choose a new --out")
+
+
 def write_marker(folder: str | os.PathLike, kind: str, files: list[str] | None = None) -> None:
     """Mark `folder` as latentlab's `kind` output (with the names it wrote, for outputs replaced whole)."""
     save_json({"kind": kind, **({"files": files} if files is not None else {})}, Path(folder) / MARKER)

@@ -79,6 +79,14 @@ def study(tmp_path_factory):
     return cfg, root, env, json.loads(proc.stdout)
 
 
+def _no_report(cfg: Path) -> Path:
+    """The tiny study's config with report: false, for tests that compare tables (rendering costs a kernel)."""
+    quiet = cfg.with_name("tiny-no-report.yaml")
+    if not quiet.is_file():
+        quiet.write_text(yaml.safe_dump({**yaml.safe_load(cfg.read_text()), "report": False}, sort_keys=False))
+    return quiet
+
+
 METRICS = study_metrics([1, 2, 4], "rfd_lenet", "gfd_lenet")
 PER_IMAGE = [m.name for m in METRICS if m.kind == "per-image"]
 
@@ -205,14 +213,15 @@ def test_sigkill_then_rerun_gives_identical_tables(study):
     """Kill a run inside a training stage, start it again: the tables equal the uninterrupted run's.
 
     To keep the test short, the killed run starts from a copy of the finished study with the
-    later stages removed, so it must redo ae's SiT training, everything downstream, and maetok.
+    later stages removed, so it must redo ae's SiT training and everything downstream (without the report).
     """
     import shutil
 
     cfg, root, env, _ = study
+    cfg = _no_report(cfg)
     out = root / "b"
     shutil.copytree(root / "a", out)
-    for p in ["ae/seed-0/sit", "ae/seed-0/sample", "ae/seed-0/gfid", "maetok", "_study", "runs.csv", "summary.csv",
+    for p in ["ae/seed-0/sit", "ae/seed-0/sample", "ae/seed-0/gfid", "_study/relate", "runs.csv", "summary.csv",
               "comparisons.csv", "correlations.csv", "analysis.json", "tables", "figures", "report.html"]:
         (shutil.rmtree if (out / p).is_dir() else os.remove)(out / p)
     proc = subprocess.Popen([sys.executable, "-m", "latentlab", "run", str(cfg), "--out", str(out)],
@@ -239,6 +248,7 @@ def test_each_study_wide_stage_failing_partway_then_rerun_gives_identical_tables
     import shutil
 
     cfg, root, env, _ = study
+    cfg = _no_report(cfg)
     out = root / "c"
     shutil.copytree(root / "a", out)
     for p in ["_study", "runs.csv", "summary.csv", "comparisons.csv", "correlations.csv", "analysis.json", "tables",
@@ -337,6 +347,7 @@ def test_stage_graph_is_the_sequential_runs_stages(study):
 def test_jobs_2_and_submitit_give_the_tables_of_jobs_1(study, tmp_path):
     """--jobs 2 and submitit's local executor redo part of the study: the tables equal the in-process run's."""
     cfg, root, env, _ = study
+    cfg = _no_report(cfg)
     out = tmp_path / "j2"
     redo = [f"{t}/seed-0/{s}" for t in ("ae", "vavae") for s in ("sit", "sample", "gfid")] + ["_study/seed-0/gmm",
                                                                                              "_study/relate"]
@@ -346,7 +357,7 @@ def test_jobs_2_and_submitit_give_the_tables_of_jobs_1(study, tmp_path):
     res = json.loads(proc.stdout)
     assert sorted(res["ran"]) == sorted(redo) and res["executor"] == "local" and not res["failed"]
     assert _tables(out) == _tables(root / "a")
-    assert (out / "_jobs" / "ae.seed-0.sit.log").is_file() and (out / "report.html").is_file()
+    assert (out / "_jobs" / "ae.seed-0.sit.log").is_file()
     sub = tmp_path / "sub"
     _without(out, sub, ["ae/seed-0/gfid", "_study/relate"])
     proc = _run_jobs(cfg, sub, env, "--executor", "submitit", "--cluster", "local", "--jobs", "2")
@@ -357,6 +368,7 @@ def test_jobs_2_and_submitit_give_the_tables_of_jobs_1(study, tmp_path):
 
 def test_a_failed_stage_blocks_only_its_dependents_and_a_rerun_resubmits_only_them(study, tmp_path):
     cfg, root, env, _ = study
+    cfg = _no_report(cfg)
     out = tmp_path / "f"
     _without(root / "a", out, ["ae/seed-0/sample", "ae/seed-0/gfid", "vavae/seed-0/gfid", "_study/relate"])
     run = out / "ae" / "seed-0" / "sit" / "run"
@@ -402,3 +414,20 @@ def test_executor_section_and_command_line(tmp_path):
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(TINY))
     code, _, err = run_cli("run", str(tmp_path / "s.yaml"), "--out", str(tmp_path / "o"), "--gpus-per-job", "2")
     assert code == 2 and err.count("\n") == 1 and "no GPU" in err and not (tmp_path / "o").exists()
+
+
+def test_report_out_never_replaces_a_file_latentlab_did_not_write(study, tmp_path):
+    from latentlab.errors import LatentlabError
+    from latentlab.outputs import check_output_file
+    from latentlab.study.report import INJECTED
+
+    _, root, _, _ = study
+    mine = tmp_path / "notes.html"
+    mine.write_text("<html>my own notes</html>")
+    code, _, err = run_cli("report", str(root / "a"), "--out", str(mine))
+    assert code == 2 and err.count("\n") == 1 and "did not write" in err and mine.read_text() == "<html>my own notes</html>"
+    code, _, err = run_cli("report", str(root / "a"), "--out", str(tmp_path))
+    assert code == 2 and "is a folder" in err
+    check_output_file(root / "a" / "report.html", INJECTED)  # a report latentlab rendered: may be replaced
+    with pytest.raises(LatentlabError, match="does not exist"):
+        check_output_file(tmp_path / "no" / "such" / "r.html", INJECTED)

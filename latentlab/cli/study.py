@@ -92,9 +92,12 @@ def run_cmd(config, out, jobs, gpus_per_job, kind, cluster, stage, as_json):
 @json_option
 def report_cmd(study_dir, out, as_json):
     """Render notebooks/report.ipynb for a finished study directory as HTML."""
-    from latentlab.study.report import NOTEBOOK_DIR, load_study, render_notebook
+    from latentlab.outputs import check_output_file
+    from latentlab.study.report import INJECTED, NOTEBOOK_DIR, load_study, render_notebook
 
     load_study(study_dir)  # a one-line error when it is not a finished study
+    if out is not None:
+        check_output_file(out, INJECTED)  # never replaces a file latentlab did not write
     html = render_notebook(NOTEBOOK_DIR / "report.ipynb", out or Path(study_dir) / "report.html",
                            {"study_dir": str(Path(study_dir).resolve())}, cwd=study_dir)
     emit({"report": str(html)}, as_json, f"wrote {html}")

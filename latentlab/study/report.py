@@ -105,6 +105,9 @@ def strongest_correlations(corr: pd.DataFrame, target: str, k: int = 5) -> pd.Da
     return sub.reindex(sub["spearman"].abs().sort_values(ascending=False).index).head(k)
 
 
+INJECTED = "# Parameters injected by latentlab.study.report.render_notebook"  # in every report: marks it as ours
+
+
 def render_notebook(notebook: str | os.PathLike, out_html: str | os.PathLike, parameters: dict,
                     timeout: int = 600, cwd: str | os.PathLike | None = None) -> Path:
     """Execute `notebook` headless with `parameters` injected, and write it as HTML (atomically)."""
@@ -118,7 +121,7 @@ def render_notebook(notebook: str | os.PathLike, out_html: str | os.PathLike, pa
     if not notebook.is_file():
         raise LatentlabError(f"notebook not found: {notebook}")
     nb = nbformat.read(notebook, as_version=4)
-    src = "# Parameters injected by latentlab.study.report.render_notebook\n" + "\n".join(
+    src = INJECTED + "\n" + "\n".join(
         f"{k} = {v!r}" for k, v in parameters.items())
     tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
     at = tagged[0] + 1 if tagged else 0  # right after the notebook's own defaults, as papermill does
