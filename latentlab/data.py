@@ -5,6 +5,9 @@ in [-1, 1] with int labels, for the tokenizers, the metrics and extraction.
 in an `ImageDataset` (a `torch.utils.data.Dataset`). The registry itself (`DATASETS`, `SPLITS`,
 `parse_spec`, `stratified_split`, `make_shapes`) lives in `latentlab.datasets`; it is re-exported
 here for the callers that already hold this module.
+
+The image arithmetic every room below the metrics needs lives here too: `to_unit` ([-1, 1] -> [0, 1])
+and `psnr` (per image, in dB; `latentlab.metrics.recon` re-exports both beside SSIM).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import torch
 
 from latentlab.datasets import (DATASETS, SPLITS, ImageSource, load_source, make_shapes,  # noqa: F401  (re-exported)
                                 parse_spec, stratified_split)
+from latentlab.errors import LatentlabError
 
 
 class ImageDataset(torch.utils.data.Dataset):
@@ -72,3 +76,24 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
 def get_dataset(spec: str, split: str = "train", image_size: int | None = None, root: str | None = None) -> ImageDataset:
     """Load a registered dataset split by spec ("mnist5k", "cifar10:/data/cifar-10-batches-py", ...) as tensors."""
     return ImageDataset(load_source(spec, split, image_size, root))
+
+
+# ---------------------------------------------------------------- image arithmetic
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] -> [0, 1], clamped."""
+    return ((images + 1) / 2).clamp(0, 1)
+
+
+def check_image_pair(a: torch.Tensor, b: torch.Tensor) -> None:
+    """Refuse two image batches that are not (N, C, H, W) of one shape."""
+    if a.shape != b.shape or a.ndim != 4:
+        raise LatentlabError(f"images must be two (N, C, H, W) tensors of one shape, got {tuple(a.shape)} "
+                             f"and {tuple(b.shape)}")
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """PSNR in dB per image (N,) of images (N, C, H, W); inf where they are identical."""
+    check_image_pair(a, b)
+    mse = (a.double() - b.double()).pow(2).flatten(1).mean(1)           # (N,)
+    return 10 * torch.log10(data_range ** 2 / mse)

@@ -15,33 +15,15 @@ Conventions (the same as scikit-image, against which the tests check them):
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
+from latentlab.data import check_image_pair as _check_pair, psnr, to_unit  # noqa: F401  (re-exported)
 from latentlab.errors import LatentlabError
 
 SSIM_SIGMA = 1.5
 SSIM_TRUNCATE = 3.5
 SSIM_K1, SSIM_K2 = 0.01, 0.03
-
-
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] -> [0, 1], clamped."""
-    return ((images + 1) / 2).clamp(0, 1)
-
-
-def _check_pair(a: torch.Tensor, b: torch.Tensor) -> None:
-    if a.shape != b.shape or a.ndim != 4:
-        raise LatentlabError(f"images must be two (N, C, H, W) tensors of one shape, got {tuple(a.shape)} "
-                             f"and {tuple(b.shape)}")
-
-
-def psnr(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """PSNR in dB per image (N,) of images (N, C, H, W); inf where they are identical."""
-    _check_pair(a, b)
-    mse = (a.double() - b.double()).pow(2).flatten(1).mean(1)           # (N,)
-    return 10 * torch.log10(data_range ** 2 / mse)
 
 
 def gaussian_window(sigma: float = SSIM_SIGMA, truncate: float = SSIM_TRUNCATE) -> torch.Tensor:

@@ -94,37 +94,6 @@ def _cached(out: Path, owner: str, stage: str, key) -> StageResult | None:
                                                 rec.get("seconds", 0.0))
 
 
-def _walk(ctx: S.StudyContext, step) -> None:
-    """The sequential runner's loop, where `step` may raise _Skip to leave a chain or a study-wide stage."""
-    done: dict[str, list[dict]] = {name: [] for name in ctx.entries}
-    gmms = []
-
-    def attempt(call):
-        try:
-            return call()
-        except _Skip:
-            return None
-
-    for r in range(ctx.cfg.seeds):
-        for name, entry in ctx.entries.items():
-            rec: dict[str, StageResult] = {}
-
-            def keep(owner, stage, key, fn, rec=rec):
-                rec[stage] = step(owner, stage, key, fn)
-                return rec[stage]
-
-            chain = attempt(lambda: S.tokenizer_stages(ctx, name, entry, r, keep))
-            done[name].append(rec if chain is None else chain)  # a whole chain: its results as the tables read them
-        reps = {n: reps[r] for n, reps in done.items()}
-        gmms.append(attempt(lambda: S.gmm_stage(ctx, reps, r, step)) if all("extract" in x for x in reps.values())
-                    else None)
-    first = {n: reps[0] for n, reps in done.items()}
-    umap = attempt(lambda: S.umap_stage(ctx, first, step)) if all("extract" in x for x in first.values()) else None
-    whole = all(len(x) == len(TOKENIZER_STAGES) for reps in done.values() for x in reps)
-    if whole and umap is not None and all(g is not None for g in gmms):
-        attempt(lambda: S.relate_stage(ctx, done, gmms, umap, step))
-
-
 def _context(config, out: Path):
     cfg, entries = load_study_config(config)
     return S.StudyContext(cfg, section_configs(cfg), out, StageLog(), entries)
@@ -141,7 +110,7 @@ def plan(ctx: S.StudyContext) -> set[str]:
         complete.add(f"{owner}/{stage}")
         return res
 
-    _walk(ctx, step)
+    S.walk(ctx, step, _Skip)
     return complete
 
 
@@ -177,7 +146,7 @@ def run_one_stage(config, out, target: str) -> dict:
 
     with _workspace(out / "workspace"):
         try:
-            _walk(ctx, step)
+            S.walk(ctx, step, _Skip)
         except _Reached as reached:
             res = reached.result
         else:

@@ -73,14 +73,7 @@ def run_study(config: str | os.PathLike | dict, out: str | os.PathLike) -> dict:
         return res
 
     with _workspace(out / "workspace"):
-        done: dict[str, list[dict[str, StageResult]]] = {name: [] for name in entries}
-        gmms = []
-        for r in range(cfg.seeds):
-            for name, entry in entries.items():
-                done[name].append(S.tokenizer_stages(ctx, name, entry, r, step))
-            gmms.append(S.gmm_stage(ctx, {n: reps[r] for n, reps in done.items()}, r, step))
-        umap = S.umap_stage(ctx, {n: reps[0] for n, reps in done.items()}, step)
-        relate = S.relate_stage(ctx, done, gmms, umap, step)
+        relate = S.walk(ctx, step)  # every stage, in order (nothing is skipped)
     bar.close()
     S.publish(relate, out)
     summary = {"out": str(out), "runs": str(out / "runs.csv"), "summary": str(out / "summary.csv"),

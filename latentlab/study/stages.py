@@ -39,7 +39,7 @@ from latentlab.sit.sample import sample
 from latentlab.sit.training import train_sit
 from latentlab.study.cache import StageLog, StageResult
 from latentlab.study.columns import fd_column_names
-from latentlab.study.config import plugin_spec
+from latentlab.study.config import TOKENIZER_STAGES, plugin_spec
 from latentlab.study.report import build_outputs
 from latentlab.study.rows import diffusability_result, generation_row, sit_reference_row, with_row
 from latentlab.tokenizers.models import TOKENIZERS
@@ -292,6 +292,43 @@ def relate_stage(ctx: StudyContext, done: dict[str, list[dict[str, StageResult]]
            "primary": ctx.cfg.primary, "reference": ctx.cfg.reference,
            "baseline": {n: e.baseline for n, e in ctx.entries.items()}, "version": 4}  # 3: hypotheses tables, 4: diffusability tables
     return step(OWNER, "relate", key, lambda work, resume: build_outputs(ctx, done, gmms, umap, work))
+
+
+def walk(ctx: StudyContext, step: Step, skip: type[Exception] | tuple = ()) -> StageResult | None:
+    """Every stage of the study in order: per replicate each tokenizer's chain, then its gmm; then umap, relate.
+
+    Returns relate's result. `step` may raise `skip` to leave a chain or a study-wide stage (the graph
+    executor's walks do, to plan or to run one stage); a study-wide stage whose inputs are then missing
+    is left out. The sequential runner passes no `skip`: every stage runs, in this order.
+    """
+    done: dict[str, list[dict]] = {name: [] for name in ctx.entries}
+    gmms: list[StageResult | None] = []
+
+    def attempt(call):
+        try:
+            return call()
+        except skip:
+            return None
+
+    for r in range(ctx.cfg.seeds):
+        for name, entry in ctx.entries.items():
+            rec: dict[str, StageResult] = {}
+
+            def keep(owner, stage, key, fn, rec=rec):
+                rec[stage] = step(owner, stage, key, fn)
+                return rec[stage]
+
+            chain = attempt(lambda: tokenizer_stages(ctx, name, entry, r, keep))
+            done[name].append(rec if chain is None else chain)  # a whole chain: its results as the tables read them
+        reps = {n: reps[r] for n, reps in done.items()}
+        gmms.append(attempt(lambda: gmm_stage(ctx, reps, r, step)) if all("extract" in x for x in reps.values())
+                    else None)
+    first = {n: reps[0] for n, reps in done.items()}
+    umap = attempt(lambda: umap_stage(ctx, first, step)) if all("extract" in x for x in first.values()) else None
+    whole = all(len(x) == len(TOKENIZER_STAGES) for reps in done.values() for x in reps)
+    if whole and umap is not None and all(g is not None for g in gmms):
+        return attempt(lambda: relate_stage(ctx, done, gmms, umap, step))
+    return None
 
 
 PUBLISHED = ("runs.csv", "summary.csv", "comparisons.csv", "correlations.csv", "hypotheses.csv", "hypotheses_pairs.csv",
