@@ -22,10 +22,14 @@ def new_figure(ncols: int = 1, nrows: int = 1, size: tuple[float, float] = (5.0,
     return fig, axes
 
 
-def save_figure(fig, path: str | os.PathLike, pdf: bool = True, dpi: int = 130) -> Path:
-    """Write `fig` to PATH.png (and PATH.pdf) atomically, then close it."""
+def save_figure(fig, path: str | os.PathLike, pdf: bool = True, dpi: int = 130, tight: bool = True) -> Path:
+    """Write `fig` to PATH.png (and PATH.pdf) atomically, then close it.
+
+    `tight=False` keeps the figure's own spacing: tight_layout measures every tick label and costs as much
+    as a draw, which large grids of panels (a study's metrics-against-target figures) feel."""
     path = Path(path).with_suffix(".png")
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     with atomic_path(path) as tmp:
         fig.savefig(tmp, dpi=dpi, format="png")
     if pdf:

@@ -73,7 +73,11 @@ def plot_metrics_vs_target(summary: pd.DataFrame, metrics: list[str], target: st
         ax.grid(alpha=0.3)
     for ax in flat[len(metrics):]:
         ax.axis("off")
-    return save_figure(fig, path)
+    # fixed spacing for the three-line titles, PNG only: a grid of dozens of panels is costly to lay out and
+    # a PDF of it is rarely wanted (the figure is one per target)
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.04, top=1 - 0.55 / (3.1 * nrows), wspace=0.35,
+                        hspace=0.75)
+    return save_figure(fig, path, pdf=False, tight=False)
 
 
 def _band(ax, x, y, lo, hi, color, label, dashed=False) -> None:
