@@ -218,7 +218,8 @@ def test_study_with_plug_ins(example_ckpt, plugins, shared_workspace, tmp_path, 
            "sit": {"model": "SiT-tiny", "model_overrides": {"depth": 1, "hidden_size": 32},
                    "train": {"steps": 4, "eval_every": 4, "batch_size": 16}, "heldout_size": 16},
            "sample": {"n": 20, "steps": 2, "max_pngs": 2}, "gmm": {"components": [1, 2], "max_iter": 10},
-           "probe": {"probe": {"epochs": 1}}, "umap": {"n": 60, "pca_dim": 5}, "metrics": {"extractor": "lenet"}}
+           "probe": {"probe": {"epochs": 1}}, "umap": {"n": 60, "pca_dim": 5}, "metrics": {"extractor": "lenet"},
+           "diffusability": {"n_images": 32, "fd_boot": 5, "n_boot": 100, "id_samples": 200, "id_boot": 3}}
     run_study(cfg, tmp_path / "s")
     df = pd.read_csv(tmp_path / "s" / "summary.csv").set_index("tokenizer")
     assert df.loc["own", ["psnr", "gfd_lenet", "sit_loss", "lp_top1"]].notna().all()
