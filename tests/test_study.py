@@ -357,7 +357,7 @@ def test_jobs_2_and_submitit_give_the_tables_of_jobs_1(study, tmp_path):
     res = json.loads(proc.stdout)
     assert sorted(res["ran"]) == sorted(redo) and res["executor"] == "local" and not res["failed"]
     assert _tables(out) == _tables(root / "a")
-    assert (out / "_jobs" / "ae.seed-0.sit.log").is_file()
+    assert (out / "_jobs" / "ae.seed-0.sample.log").is_file()
     sub = tmp_path / "sub"
     _without(out, sub, ["ae/seed-0/gfid", "_study/relate"])
     proc = _run_jobs(cfg, sub, env, "--executor", "submitit", "--cluster", "local", "--jobs", "2")
