@@ -8,9 +8,6 @@ Latents of shape (T, C) give "tokens" stores, (C, H, W) "grid" stores. The manif
 tokenizer (for plug-ins: module, callable, kwargs and file hashes), its checkpoint hash and the
 normalisation statistics (per-channel and global mean/std) that SiT uses.
 
-`cached_latents(run, dataset, split)` extracts on first use into RUN/latents/<dataset>/<split> and
-reuses that store while the checkpoint hash is unchanged.
-
 Importing: `import_arrays` stores latents computed elsewhere, `import_pixels` the pixels baseline.
 
 Resolving `--tokenizer` arguments to latent stores (`resolve_tokenizer`):
@@ -18,7 +15,7 @@ Resolving `--tokenizer` arguments to latent stores (`resolve_tokenizer`):
 A tokenizer argument is `[LABEL=]SPEC`, where SPEC is one of
   - a LatentStore directory, or a store set with train/ and test/ stores;
   - planted modes "planted:modes=M,dim=D,n=N,seed=S" (`latentlab.planted`; cached in WORKSPACE/planted/);
-  - a tokenizer run directory (latents are extracted on first use and cached in
+  - a tokenizer run directory (`cached_latents`: extracted on first use into
     RUN/latents/<dataset>/<split>, reused while the checkpoint hash is unchanged);
   - an external tokenizer "diffusers:..." or "python:..." (needs the dataset; latents cached in
     WORKSPACE/pretrained/, redone when the checkpoint or plug-in module changes);
@@ -152,9 +149,10 @@ def _extract_split(model: torch.nn.Module, info: dict, tokenizer: str | Path, da
         if writer is None:
             raise LatentlabError(f"{dataset} split {split} is empty")
         return writer.close()
-    part = parts.with_name(f".{parts.name}.part-{r}.npz")
+    shard = f".{parts.name}.part-{{}}.npz".format  # each rank's part file, beside the store
+    part = parts.with_name(shard(r))
     if is_main():  # a killed earlier run (perhaps with more ranks) may have left parts behind
-        for stale in parts.parent.glob(f".{parts.name}.part-*.npz"):
+        for stale in parts.parent.glob(shard("*")):
             stale.unlink(missing_ok=True)
     torch.distributed.barrier()
     chunks = list(encode_dataset(model, ds, start, end, batch_size, dev))
@@ -165,10 +163,7 @@ def _extract_split(model: torch.nn.Module, info: dict, tokenizer: str | Path, da
     try:
         if is_main():
             writer = None
-            for q in range(ws):
-                f = parts.with_name(f".{parts.name}.part-{q}.npz")
-                if not f.is_file():
-                    continue
+            for f in filter(Path.is_file, (parts.with_name(shard(q)) for q in range(ws))):  # ranks with rows
                 with np.load(f) as d:
                     if writer is None:
                         writer = LatentStore.writer(out, d["z"].shape[1:], dict(meta), layout=_layout(d["z"]))

@@ -20,8 +20,8 @@ decodes through the tokenizer and compares images, is `latentlab.metrics.diffusa
 
 Every estimate comes with an interval: `bootstrap_interval` resamples images (scipy.stats.bootstrap,
 percentile method); TwoNN's interval resamples the points' neighbour ratios (`twonn_interval`:
-resampling the rows themselves would create duplicates, r1 = 0); statistics that repeated rows bias (FD, RankMe) get the
-bootstrap spread centred on the estimate (`metrics.fid.fd_interval`).
+resampling the rows themselves would create duplicates, r1 = 0); statistics that repeated rows bias
+(FD, RankMe) get the bootstrap spread centred on the estimate (`metrics.fid.fd_interval`).
 """
 
 from __future__ import annotations

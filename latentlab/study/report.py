@@ -121,8 +121,7 @@ def render_notebook(notebook: str | os.PathLike, out_html: str | os.PathLike, pa
     if not notebook.is_file():
         raise LatentlabError(f"notebook not found: {notebook}")
     nb = nbformat.read(notebook, as_version=4)
-    src = INJECTED + "\n" + "\n".join(
-        f"{k} = {v!r}" for k, v in parameters.items())
+    src = "\n".join([INJECTED] + [f"{k} = {v!r}" for k, v in parameters.items()])
     tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.get("metadata", {}).get("tags", [])]
     at = tagged[0] + 1 if tagged else 0  # right after the notebook's own defaults, as papermill does
     nb.cells.insert(at, nbformat.v4.new_code_cell(src, metadata={"tags": ["injected-parameters"]}))
@@ -188,11 +187,10 @@ def _stage_tables(done: dict, gmms: list[StageResult]) -> dict[str, pd.DataFrame
                                                "note": res["eval"].result.get("note")}]))
             out["generation"].append(pd.DataFrame([{"tokenizer": name, "replicate": r, **res["gfid"].result.get("row", {}),
                                                     "note": res["gfid"].result.get("note")}]))
-            diff = res.get("diffusability")
-            for key, default in (("diffusability", "csv"), ("robustness", "curves")):
-                f = diff.file(diff.result.get(default, "")) if diff is not None else None
-                if f is not None and diff.result.get(default) and f.is_file():
-                    out[key].append(pd.read_csv(f).assign(tokenizer=name, replicate=r))
+            diff = res["diffusability"]
+            for table, file_key in (("diffusability", "csv"), ("robustness", "curves")):  # the stage's own CSVs
+                if diff.result.get(file_key) and diff.file(diff.result[file_key]).is_file():
+                    out[table].append(pd.read_csv(diff.file(diff.result[file_key])).assign(tokenizer=name, replicate=r))
             curve = res["sit"].file(res["sit"].result.get("curve", ""))
             if curve.is_file():
                 out["sit_curves"].append(pd.read_csv(curve).assign(tokenizer=name, replicate=r))

@@ -290,7 +290,8 @@ def relate_stage(ctx: StudyContext, done: dict[str, list[dict[str, StageResult]]
     key = {"up": {n: [{s: r.hash for s, r in rep.items()} for rep in reps] for n, reps in done.items()},
            "gmm": [g.hash for g in gmms], "umap": umap.hash, "report": bool(ctx.cfg.report),
            "primary": ctx.cfg.primary, "reference": ctx.cfg.reference,
-           "baseline": {n: e.baseline for n, e in ctx.entries.items()}, "version": 4}  # 3: hypotheses tables, 4: diffusability tables
+           "baseline": {n: e.baseline for n, e in ctx.entries.items()},
+           "version": 4}  # 3: hypotheses tables; 4: tables/diffusability.csv, tables/robustness.csv
     return step(OWNER, "relate", key, lambda work, resume: build_outputs(ctx, done, gmms, umap, work))
 
 

@@ -17,10 +17,9 @@ import torch
 import torch.nn as nn
 
 from latentlab.config import from_dict, to_dict
-from latentlab.data import ImageDataset, get_dataset, to_uint8
+from latentlab.data import ImageDataset, get_dataset, psnr, to_uint8, to_unit
 from latentlab.errors import LatentlabError
 from latentlab.io import atomic_path, file_hash, load_json, load_run_weights
-from latentlab.data import psnr, to_unit
 from latentlab.tokenizers.config import (DEFAULT_DATASET, TokenizerConfig, TokenizerRunConfig, check_applicable,
                                          model_record, unused_fields)
 from latentlab.tokenizers.models import AETokenizer, build_tokenizer
