@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from latentlab.plots import new_figure, save_figure
 
@@ -37,46 +38,69 @@ def correlation_title(c: pd.Series) -> str:
             f"p={f(c.p_exact, '.3g')} {method}, n={int(c.n)}{' (primary)' if bool(c.primary) else ''}")
 
 
+def _tokenizer_styles(names) -> list[dict]:
+    """A colour and marker per tokenizer, the same in every panel of a figure (10 colours, then new markers)."""
+    markers = "osD^vP*Xh<>"
+    return [{"color": f"C{i % 10}", "marker": markers[(i // 10) % len(markers)]} for i in range(len(names))]
+
+
 def plot_metrics_vs_target(summary: pd.DataFrame, metrics: list[str], target: str, path: str | os.PathLike,
                            correlations: pd.DataFrame | None = None, ncols: int = 4) -> Path:
     """One scatter per metric against `target`, a point per tokenizer with 95% error bars both ways.
 
-    Baseline rows (hollow markers) are drawn for reference but are not part of the correlation in the title.
+    Each tokenizer has one colour and marker across the panels, named once in the figure's legend. Baseline
+    rows (hollow markers) are drawn for reference but are not part of the correlation in the title.
     """
+    from matplotlib.lines import Line2D
+
     metrics = metrics or ["(no metric)"]
     nrows = math.ceil(len(metrics) / ncols)
+    # text and artists are most of the cost of drawing a grid of dozens of panels: few ticks, the y label on the
+    # left column only, the x label in the title, tokenizers named in one legend, each panel's error bars in one call
     fig, axes = new_figure(min(ncols, len(metrics)), nrows, size=(3.4, 3.1))
     flat = axes.ravel()
     base = _is_baseline(summary)
+    names = list(summary["tokenizer"])
+    styles = _tokenizer_styles(names)
+    colors = np.array([st["color"] for st in styles])
     for ax, m in zip(flat, metrics):
         if m not in summary or target not in summary:
             ax.axis("off")
             continue
         x, y = _col(summary, m), _col(summary, target)
         ok = np.isfinite(x) & np.isfinite(y)
-        for sel, style in ((ok & ~base, {"fmt": "o"}), (ok & base, {"fmt": "o", "mfc": "none"})):
-            if sel.any():
-                ax.errorbar(x[sel], y[sel], xerr=_err(summary, m)[:, sel], yerr=_err(summary, target)[:, sel],
-                            ms=5, capsize=2, lw=0.8, color="C0" if style.get("mfc") is None else "gray", **style)
-        for xi, yi, name, b in zip(x[ok], y[ok], summary["tokenizer"][ok], base[ok]):
-            ax.annotate(f"{name}{' (baseline)' if b else ''}", (xi, yi), fontsize=6, xytext=(3, 3),
-                        textcoords="offset points")
+        if ok.any():
+            ax.errorbar(x[ok], y[ok], xerr=_err(summary, m)[:, ok], yerr=_err(summary, target)[:, ok], fmt="none",
+                        ecolor="0.55", capsize=2, lw=0.7, zorder=1)
+        for marker in dict.fromkeys(st["marker"] for st in styles):
+            same = ok & np.array([st["marker"] == marker for st in styles])
+            for sel, hollow in ((same & ~base, False), (same & base, True)):
+                if sel.any():
+                    ax.scatter(x[sel], y[sel], s=26, marker=marker, zorder=2, linewidths=1.0,
+                               facecolors="none" if hollow else colors[sel], edgecolors=colors[sel])
         title = m
         if correlations is not None and not correlations.empty:
             c = correlations[(correlations.predictor == m) & (correlations.target == target)]
             if len(c):
                 title += "\n" + correlation_title(c.iloc[0])
         ax.set_title(title, fontsize=7)
-        ax.set_xlabel(m, fontsize=7)
-        ax.set_ylabel(target, fontsize=7)
+        if ax.get_subplotspec().is_first_col():
+            ax.set_ylabel(target, fontsize=7)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.yaxis.set_major_locator(MaxNLocator(4))
         ax.tick_params(labelsize=6)
         ax.grid(alpha=0.3)
     for ax in flat[len(metrics):]:
         ax.axis("off")
-    # fixed spacing for the three-line titles, PNG only: a grid of dozens of panels is costly to lay out and
-    # a PDF of it is rarely wanted (the figure is one per target)
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.04, top=1 - 0.55 / (3.1 * nrows), wspace=0.35,
-                        hspace=0.75)
+    handles = [Line2D([], [], ls="none", marker=st["marker"], color=st["color"], mfc="none" if b else st["color"],
+                      label=f"{n} (baseline)" if b else n) for n, st, b in zip(names, styles, base)]
+    top = 1 - 0.55 / (3.1 * nrows)  # fixed spacing for the three-line titles, under the legend
+    legend_rows = math.ceil(len(handles) / 6)
+    fig.legend(handles=handles, loc="upper center", ncols=min(6, len(handles)), fontsize=7, frameon=False,
+               bbox_to_anchor=(0.5, 1.0))
+    top -= (0.25 * legend_rows + 0.1) / (3.1 * nrows)
+    # PNG only: a grid of dozens of panels is costly to lay out and a PDF of it is rarely wanted
+    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.04, top=top, wspace=0.35, hspace=0.75)
     return save_figure(fig, path, pdf=False, tight=False)
 
 
