@@ -349,6 +349,32 @@ def test_stage_graph_is_the_sequential_runs_stages(study):
     assert two["ae/seed-1/tokenizer"][1] and two["ae/seed-1/sit"][1] and not two["pixels/seed-0/tokenizer"][1]
 
 
+def test_chain_groups_cut_only_where_another_stage_waits(tmp_path):
+    """--jobs N runs a chain's consecutive stages in one process: cut after extract (gmm and umap need it)."""
+    from latentlab.study.cache import STAGE_FILE
+    from latentlab.study.executors import GraphResult
+    from latentlab.study.graph import chain_groups, stage_graph, stage_results
+
+    graph = stage_graph(*load_study_config({**TINY, "seeds": 2}))
+    groups = chain_groups(graph, set())
+    assert sorted(j for g in groups for j in g) == sorted(graph)  # every stage once
+    late = ["probe", "diffusability", "sit", "sample", "gfid"]
+    assert ["ae/seed-1/tokenizer", "ae/seed-1/eval", "ae/seed-1/extract"] in groups
+    assert [f"ae/seed-1/{s}" for s in late] in groups and [f"pixels/seed-1/{s}" for s in late] in groups
+    assert ["_study/seed-0/gmm"] in groups and ["_study/umap"] in groups and ["_study/relate"] in groups
+    cut = chain_groups(graph, {"ae/seed-0/sit"})  # a complete stage is left out, and cuts its chain
+    assert ["ae/seed-0/probe", "ae/seed-0/diffusability"] in cut and ["ae/seed-0/sample", "ae/seed-0/gfid"] in cut
+    members = {"ae/seed-0/sample..gfid": ["ae/seed-0/sample", "ae/seed-0/gfid"]}
+    res = GraphResult(failed={"ae/seed-0/sample..gfid": "log"}, blocked=["_study/relate"])
+    by = stage_results(res, members, tmp_path)  # nothing of the group finished: its first stage failed
+    assert by.failed == {"ae/seed-0/sample": "log"} and by.blocked == ["_study/relate", "ae/seed-0/gfid"]
+    (tmp_path / "ae/seed-0/sample").mkdir(parents=True)
+    (tmp_path / "ae/seed-0/sample" / STAGE_FILE).write_text('{"seconds": 3.0}')
+    by = stage_results(res, members, tmp_path)  # sample finished, then gfid failed
+    assert by.ran == ["ae/seed-0/sample"] and by.seconds == {"ae/seed-0/sample": 3.0}
+    assert by.failed == {"ae/seed-0/gfid": "log"} and by.blocked == ["_study/relate"]
+
+
 def test_jobs_2_a_failed_stage_and_submitit_give_the_tables_of_jobs_1(study, tmp_path):
     """--jobs 2 redoes part of the study with one stage failing: only its dependents stop, the rerun resubmits
     only them and the tables equal the in-process run's; submitit's local executor does the same."""
@@ -360,11 +386,12 @@ def test_jobs_2_a_failed_stage_and_submitit_give_the_tables_of_jobs_1(study, tmp
     run.rename(run.with_name("moved"))  # ae's sample cannot load its SiT run: it fails, while vavae's gfid runs
     proc = _run_jobs(cfg, out, env, "--jobs", "2")
     assert proc.returncode == 2 and proc.stderr.splitlines()[-1].startswith("error: "), proc.stderr[-3000:]
-    assert "1 stage(s) failed: ae/seed-0/sample (log: " in proc.stderr and "ae.seed-0.sample.log" in proc.stderr
-    assert "2 stage(s) that need them did not run" in proc.stderr
+    # ae's sample and gfid ran as one job (one process, one log), which stopped at the failure
+    assert "1 stage(s) failed: ae/seed-0/sample (log: " in proc.stderr and "ae.seed-0.sample..gfid.log" in proc.stderr
+    assert "2 stage(s) that need them did not run" in proc.stderr  # ae's gfid and relate
     assert (out / "vavae" / "seed-0" / "gfid" / "stage.json").is_file()  # independent of the failure: it ran
     assert not (out / "ae" / "seed-0" / "gfid").exists() and not (out / "_study" / "relate").exists()
-    assert (out / "_jobs" / "ae.seed-0.sample.log").is_file()
+    assert (out / "_jobs" / "ae.seed-0.sample..gfid.log").is_file()
     run.with_name("moved").rename(run)
     proc = _run_jobs(cfg, out, env, "--jobs", "2")
     assert proc.returncode == 0, proc.stderr[-3000:]

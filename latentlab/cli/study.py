@@ -45,7 +45,8 @@ def _text(s: dict) -> str:
 @click.argument("config", type=click.Path())
 @click.option("--out", required=True, type=click.Path(), help="Study directory (created; reused stages are kept).")
 @click.option("--jobs", type=click.IntRange(min=1), default=None,
-              help="Stages at once, each its own process (default 1: every stage in this process, in order). "
+              help="Jobs at once, each its own process (default 1: every stage in this process, in order); locally a "
+                   "job is a run of one chain's consecutive stages. "
                    "Overrides executor.jobs; with submitit, the most jobs queued at once.")
 @click.option("--gpus-per-job", type=click.IntRange(min=1), default=None,
               help="GPUs of each local job (CUDA_VISIBLE_DEVICES); a training stage with more than one runs under "
@@ -55,8 +56,9 @@ def _text(s: dict) -> str:
                    "section). Overrides executor.kind.")
 @click.option("--cluster", type=click.Choice(["slurm", "local"]), default=None,
               help="submitit: slurm, or submitit's local executor (no Slurm). Default: Slurm when sbatch exists.")
-@click.option("--stage", default=None, hidden=True,
-              help="Internal (what each job runs): run only stage OWNER/STAGE, its upstream stages from the cache.")
+@click.option("--stage", multiple=True, hidden=True,
+              help="Internal (what each job runs): run only stage OWNER/STAGE, its upstream stages from the cache; "
+                   "repeated, these stages one after another.")
 @json_option
 def run_cmd(config, out, jobs, gpus_per_job, kind, cluster, stage, as_json):
     """Run a whole study from a YAML config: train/load tokenizers, extract latents, measure their
@@ -75,8 +77,9 @@ def run_cmd(config, out, jobs, gpus_per_job, kind, cluster, stage, as_json):
     from latentlab.study.graph import run_one_stage, run_study_graph
     from latentlab.study.runner import run_study
 
-    if stage is not None:
-        emit(run_one_stage(config, out, stage), as_json, lambda s: f"{s['stage']}: {s['path']}")
+    if stage:
+        for one in stage:  # one process, one stage after another (a job of `--jobs N` runs a chain's stages)
+            emit(run_one_stage(config, out, one), as_json, lambda s: f"{s['stage']}: {s['path']}")
         return
     opts = executor_config(load_study_config(config)[0], kind=kind, jobs=jobs, gpus_per_job=gpus_per_job,
                            cluster=cluster)

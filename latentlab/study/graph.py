@@ -16,7 +16,10 @@ the cache (a missing one is a one-line error), runs the target, and stops: nothi
 and stages it does not need are skipped. `plan` walks them the same way to find the stages that are
 complete for the current config. `run_study_graph` runs the incomplete ones with a launcher of
 `latentlab.study.executors`; a failed stage blocks only the stages that need it, and a rerun
-starts only what is missing or failed (the stage cache skips the rest).
+starts only what is missing or failed (the stage cache skips the rest). Locally (`--jobs N`, one
+process per job) a job is a run of one chain's consecutive stages (`chain_groups`: tokenizer..extract,
+then probe..gfid; `--stage A --stage B ...`), since a fresh process spends seconds importing torch and
+loading data; submitit keeps one job per stage, each with the resources its stage asks for.
 """
 
 from __future__ import annotations
@@ -157,6 +160,60 @@ def run_one_stage(config, out, target: str) -> dict:
     return {"stage": target, "reused": res.reused, "seconds": round(res.seconds, 1), "path": str(res.path)}
 
 
+def chain_groups(graph: dict, complete: set[str]) -> list[list[str]]:
+    """The incomplete stages of `graph` as groups to run one after another in one process each, in graph order.
+
+    A group is a run of one chain's consecutive stages (one owner, each needing the one before), cut after a
+    stage that a stage of another owner needs (extract: the gmm and umap stages wait only for that), so no
+    parallelism is lost; study-wide stages stay alone. Relate, which needs everything, does not cut.
+    """
+    owner = lambda j: j.rpartition("/")[0]  # noqa: E731
+    needed = {d for j, (deps, _) in graph.items() if j != RELATE for d in deps if owner(d) != owner(j)}
+    groups: list[list[str]] = []
+    for j, (deps, _) in graph.items():
+        if j in complete:
+            continue
+        last = groups[-1][-1] if groups else None
+        if last is not None and owner(last) == owner(j) != S.OWNER and deps == (last,) and last not in needed:
+            groups[-1].append(j)
+        else:
+            groups.append([j])
+    return groups
+
+
+def stage_results(res, members: dict[str, list[str]], out: Path):
+    """`run_graph`'s result for grouped jobs, stage by stage: a failed group's stages before the failure ran,
+    the first incomplete one failed (the group's log), the rest did not run."""
+    from latentlab.study.executors import GraphResult
+
+    by = GraphResult()
+    by.complete = [j for g in res.complete for j in members.get(g, [g])]
+    by.blocked = [j for g in res.blocked for j in members.get(g, [g])]
+    for g in res.ran:
+        for j in members.get(g, [g]):
+            by.ran.append(j)
+            by.seconds[j] = _stage_seconds(out, j, res.seconds.get(g, 0.0) if len(members.get(g, [g])) == 1 else None)
+    for g, where in res.failed.items():
+        stages = members.get(g, [g])
+        done = [j for j in stages if (out / j / STAGE_FILE).is_file()]
+        rest = [j for j in stages if j not in done]
+        for j in done:
+            by.ran.append(j)
+            by.seconds[j] = _stage_seconds(out, j)
+        by.failed[rest[0] if rest else stages[-1]] = where
+        by.blocked += rest[1:]
+    return by
+
+
+def _stage_seconds(out: Path, jid: str, default: float | None = None) -> float:
+    if default is not None:
+        return default
+    try:
+        return round(float(json.loads((out / jid / STAGE_FILE).read_text()).get("seconds", 0.0)), 1)
+    except (OSError, ValueError):
+        return 0.0
+
+
 def _launcher(opts: ExecutorConfig, out: Path):
     if opts.kind == "local":
         return LocalLauncher(opts.jobs, out / "_jobs", opts.gpus_per_job, opts.threads_per_job)
@@ -181,19 +238,31 @@ def run_study_graph(config, out, opts: ExecutorConfig) -> dict:
         config = out / "_jobs" / "config.json"
     ctx = _context(config, out)
     graph = stage_graph(ctx.cfg, ctx.entries)
-    command = ["-m", "latentlab", "run", str(Path(config).resolve()), "--out", str(out), "--stage"]
-    jobs = [Job(jid, command + [jid], deps, distributed) for jid, (deps, distributed) in graph.items()]
+    command = ["-m", "latentlab", "run", str(Path(config).resolve()), "--out", str(out)]
     t0 = time.perf_counter()
-    complete, asked = plan(ctx), set()
+    complete = plan(ctx)
+    # one process per stage, or (local, one process per job) per run of a chain's stages: a stage process spends
+    # seconds importing torch and loading data, which on a CPU study of small stages is much of the work
+    groups = (chain_groups(graph, complete) if opts.kind == "local" and opts.gpus_per_job == 1
+              else [[j] for j in graph if j not in complete])
+    group_of = {j: "..".join([g[0], g[-1].rpartition("/")[2]]) if len(g) > 1 else g[0] for g in groups for j in g}
+    jobs = [Job(j, command + ["--stage", j], (), False) for j in graph if j in complete]
+    # groups with a training stage first: of the jobs ready at once, the long ones start first
+    for g in sorted(groups, key=lambda g: not any(graph[j][1] for j in g)):
+        deps = tuple(dict.fromkeys(group_of.get(d, d) for j in g for d in graph[j][0] if group_of.get(d, d) != group_of[j]))
+        jobs.append(Job(group_of[g[0]], command + [a for j in g for a in ("--stage", j)], deps,
+                        any(graph[j][1] for j in g)))
+    members = {group_of[g[0]]: g for g in groups}
+    asked = set()
 
-    def is_complete(job: Job) -> bool:  # first from the plan; after a job ran, its stage is in place
+    def is_complete(job: Job) -> bool:  # first from the plan; after a job ran, its stages are in place
         if job.id not in asked:
             asked.add(job.id)
             return job.id in complete
-        return (out / job.id / STAGE_FILE).is_file()
+        return all((out / j / STAGE_FILE).is_file() for j in members.get(job.id, [job.id]))
 
     with _workspace(out / "workspace"):  # the jobs inherit it
-        res = run_graph(jobs, launcher, is_complete, retries=opts.retries, announce=info)
+        res = stage_results(run_graph(jobs, launcher, is_complete, retries=opts.retries, announce=info), members, out)
     log = [{"tokenizer": j.rpartition("/")[0], "stage": j.rpartition("/")[2], "reused": j in res.complete,
             "seconds": res.seconds.get(j, 0.0)} for j in graph if j in res.complete or j in res.ran]
     summary = {"out": str(out), "executor": opts.kind, "jobs": opts.jobs, "ran": res.ran, "reused": res.complete,
