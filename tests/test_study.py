@@ -364,6 +364,11 @@ def test_chain_groups_cut_only_where_another_stage_waits(tmp_path):
     assert ["_study/seed-0/gmm"] in groups and ["_study/umap"] in groups and ["_study/relate"] in groups
     cut = chain_groups(graph, {"ae/seed-0/sit"})  # a complete stage is left out, and cuts its chain
     assert ["ae/seed-0/probe", "ae/seed-0/diffusability"] in cut and ["ae/seed-0/sample", "ae/seed-0/gfid"] in cut
+    from latentlab.study.executors import Job
+    from latentlab.study.graph import most_successors_first
+
+    jobs = [Job("b", [], ("a",)), Job("a", []), Job("c", [], ("a",)), Job("z", []), Job("d", [], ("b", "c"))]
+    assert [j.id for j in most_successors_first(jobs)] == ["a", "b", "c", "z", "d"]  # a: 3 need it; b, c: 1
     members = {"ae/seed-0/sample..gfid": ["ae/seed-0/sample", "ae/seed-0/gfid"]}
     res = GraphResult(failed={"ae/seed-0/sample..gfid": "log"}, blocked=["_study/relate"])
     by = stage_results(res, members, tmp_path)  # nothing of the group finished: its first stage failed

@@ -181,6 +181,30 @@ def chain_groups(graph: dict, complete: set[str]) -> list[list[str]]:
     return groups
 
 
+def most_successors_first(jobs: list[Job]) -> list[Job]:
+    """`jobs` ordered by how many jobs need them, directly or through others, most first (stable); `run_graph`
+    starts ready jobs in this order, so the tokenizer trainings that everything waits for start before the
+    chains' later stages (list scheduling's most-successors rule: a shorter tail with the other slots idle)."""
+    users: dict[str, set[str]] = {j.id: set() for j in jobs}
+    for j in jobs:
+        for d in j.deps:
+            users.setdefault(d, set()).add(j.id)
+    count: dict[str, int] = {}
+
+    def below(jid: str) -> set[str]:
+        seen, todo = set(), list(users.get(jid, ()))
+        while todo:
+            k = todo.pop()
+            if k not in seen:
+                seen.add(k)
+                todo.extend(users.get(k, ()))
+        return seen
+
+    for j in jobs:
+        count[j.id] = len(below(j.id))
+    return sorted(jobs, key=lambda j: -count[j.id])
+
+
 def stage_results(res, members: dict[str, list[str]], out: Path):
     """`run_graph`'s result for grouped jobs, stage by stage: a failed group's stages before the failure ran,
     the first incomplete one failed (the group's log), the rest did not run."""
@@ -247,11 +271,11 @@ def run_study_graph(config, out, opts: ExecutorConfig) -> dict:
               else [[j] for j in graph if j not in complete])
     group_of = {j: "..".join([g[0], g[-1].rpartition("/")[2]]) if len(g) > 1 else g[0] for g in groups for j in g}
     jobs = [Job(j, command + ["--stage", j], (), False) for j in graph if j in complete]
-    # groups with a training stage first: of the jobs ready at once, the long ones start first
-    for g in sorted(groups, key=lambda g: not any(graph[j][1] for j in g)):
+    for g in groups:
         deps = tuple(dict.fromkeys(group_of.get(d, d) for j in g for d in graph[j][0] if group_of.get(d, d) != group_of[j]))
         jobs.append(Job(group_of[g[0]], command + [a for j in g for a in ("--stage", j)], deps,
                         any(graph[j][1] for j in g)))
+    jobs = most_successors_first(jobs)
     members = {group_of[g[0]]: g for g in groups}
     asked = set()
 
