@@ -38,10 +38,12 @@ def correlation_title(c: pd.Series) -> str:
             f"p={f(c.p_exact, '.3g')} {method}, n={int(c.n)}{' (primary)' if bool(c.primary) else ''}")
 
 
-def _tokenizer_styles(names) -> list[dict]:
-    """A colour and marker per tokenizer, the same in every panel of a figure (10 colours, then new markers)."""
+def _tokenizer_styles(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """A colour and a marker for each of n tokenizers, the same in every panel of a figure (10 colours, then
+    the next marker)."""
     markers = "osD^vP*Xh<>"
-    return [{"color": f"C{i % 10}", "marker": markers[(i // 10) % len(markers)]} for i in range(len(names))]
+    i = np.arange(n)
+    return np.array([f"C{k % 10}" for k in i]), np.array([markers[(k // 10) % len(markers)] for k in i])
 
 
 def plot_metrics_vs_target(summary: pd.DataFrame, metrics: list[str], target: str, path: str | os.PathLike,
@@ -61,8 +63,7 @@ def plot_metrics_vs_target(summary: pd.DataFrame, metrics: list[str], target: st
     flat = axes.ravel()
     base = _is_baseline(summary)
     names = list(summary["tokenizer"])
-    styles = _tokenizer_styles(names)
-    colors = np.array([st["color"] for st in styles])
+    colors, markers = _tokenizer_styles(len(names))
     for ax, m in zip(flat, metrics):
         if m not in summary or target not in summary:
             ax.axis("off")
@@ -72,8 +73,8 @@ def plot_metrics_vs_target(summary: pd.DataFrame, metrics: list[str], target: st
         if ok.any():
             ax.errorbar(x[ok], y[ok], xerr=_err(summary, m)[:, ok], yerr=_err(summary, target)[:, ok], fmt="none",
                         ecolor="0.55", capsize=2, lw=0.7, zorder=1)
-        for marker in dict.fromkeys(st["marker"] for st in styles):
-            same = ok & np.array([st["marker"] == marker for st in styles])
+        for marker in dict.fromkeys(markers):
+            same = ok & (markers == marker)
             for sel, hollow in ((same & ~base, False), (same & base, True)):
                 if sel.any():
                     ax.scatter(x[sel], y[sel], s=26, marker=marker, zorder=2, linewidths=1.0,
@@ -92,8 +93,8 @@ def plot_metrics_vs_target(summary: pd.DataFrame, metrics: list[str], target: st
         ax.grid(alpha=0.3)
     for ax in flat[len(metrics):]:
         ax.axis("off")
-    handles = [Line2D([], [], ls="none", marker=st["marker"], color=st["color"], mfc="none" if b else st["color"],
-                      label=f"{n} (baseline)" if b else n) for n, st, b in zip(names, styles, base)]
+    handles = [Line2D([], [], ls="none", marker=mk, color=c, mfc="none" if b else c, label=f"{n} (baseline)" if b else n)
+               for n, c, mk, b in zip(names, colors, markers, base)]
     top = 1 - 0.55 / (3.1 * nrows)  # fixed spacing for the three-line titles, under the legend
     legend_rows = math.ceil(len(handles) / 6)
     fig.legend(handles=handles, loc="upper center", ncols=min(6, len(handles)), fontsize=7, frameon=False,

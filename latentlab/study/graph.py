@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from latentlab.outputs import claim_dir
 from latentlab.study.cache import STAGE_FILE, StageLog, StageResult, finished, run_stage
 from latentlab.study.config import (RESUMABLE_STAGES, STUDY_KIND, STUDY_VERSION, TOKENIZER_STAGES, load_study_config,
                                     section_configs)
-from latentlab.study.executors import ExecutorConfig, Job, LocalLauncher, SubmititLauncher, run_graph
+from latentlab.study.executors import ExecutorConfig, GraphResult, Job, LocalLauncher, SubmititLauncher, run_graph
 from latentlab.study.runner import _workspace
 from latentlab.tokenizers.models import TOKENIZERS
 from latentlab.utils import info, is_main, world_size
@@ -185,57 +186,45 @@ def most_successors_first(jobs: list[Job]) -> list[Job]:
     """`jobs` ordered by how many jobs need them, directly or through others, most first (stable); `run_graph`
     starts ready jobs in this order, so the tokenizer trainings that everything waits for start before the
     chains' later stages (list scheduling's most-successors rule: a shorter tail with the other slots idle)."""
-    users: dict[str, set[str]] = {j.id: set() for j in jobs}
-    for j in jobs:
-        for d in j.deps:
-            users.setdefault(d, set()).add(j.id)
-    count: dict[str, int] = {}
-
-    def below(jid: str) -> set[str]:
-        seen, todo = set(), list(users.get(jid, ()))
-        while todo:
-            k = todo.pop()
-            if k not in seen:
-                seen.add(k)
-                todo.extend(users.get(k, ()))
-        return seen
-
-    for j in jobs:
-        count[j.id] = len(below(j.id))
-    return sorted(jobs, key=lambda j: -count[j.id])
+    graph = {j.id: (j.deps, j.distributed) for j in jobs}
+    users = Counter(d for jid in graph for d in _needs(graph, jid))
+    return sorted(jobs, key=lambda j: -users[j.id])
 
 
-def stage_results(res, members: dict[str, list[str]], out: Path):
-    """`run_graph`'s result for grouped jobs, stage by stage: a failed group's stages before the failure ran,
-    the first incomplete one failed (the group's log), the rest did not run."""
-    from latentlab.study.executors import GraphResult
-
-    by = GraphResult()
-    by.complete = [j for g in res.complete for j in members.get(g, [g])]
-    by.blocked = [j for g in res.blocked for j in members.get(g, [g])]
-    for g in res.ran:
-        for j in members.get(g, [g]):
-            by.ran.append(j)
-            by.seconds[j] = _stage_seconds(out, j, res.seconds.get(g, 0.0) if len(members.get(g, [g])) == 1 else None)
-    for g, where in res.failed.items():
-        stages = members.get(g, [g])
-        done = [j for j in stages if (out / j / STAGE_FILE).is_file()]
-        rest = [j for j in stages if j not in done]
-        for j in done:
-            by.ran.append(j)
-            by.seconds[j] = _stage_seconds(out, j)
-        by.failed[rest[0] if rest else stages[-1]] = where
-        by.blocked += rest[1:]
-    return by
+def _done(out: Path, jid: str) -> bool:
+    return (out / jid / STAGE_FILE).is_file()
 
 
-def _stage_seconds(out: Path, jid: str, default: float | None = None) -> float:
-    if default is not None:
-        return default
+def _stage_seconds(out: Path, jid: str) -> float:
+    """The seconds a finished stage's stage.json records (0 if unreadable)."""
     try:
         return round(float(json.loads((out / jid / STAGE_FILE).read_text()).get("seconds", 0.0)), 1)
     except (OSError, ValueError):
         return 0.0
+
+
+def stage_results(res: GraphResult, members: dict[str, list[str]], out: Path) -> GraphResult:
+    """`run_graph`'s result for grouped jobs, stage by stage: a failed group's stages before the failure ran,
+    the first incomplete one failed (the group's log), the rest did not run. A job alone keeps its wall time;
+    a group's stages take theirs from stage.json."""
+    def stages(g: str) -> list[str]:
+        return members.get(g, [g])
+
+    by = GraphResult(complete=[j for g in res.complete for j in stages(g)],
+                     blocked=[j for g in res.blocked for j in stages(g)])
+    for g in res.ran:
+        for j in stages(g):
+            by.ran.append(j)
+            by.seconds[j] = res.seconds.get(g, 0.0) if len(stages(g)) == 1 else _stage_seconds(out, j)
+    for g, where in res.failed.items():
+        rest = [j for j in stages(g) if not _done(out, j)]
+        for j in stages(g):
+            if j not in rest:
+                by.ran.append(j)
+                by.seconds[j] = _stage_seconds(out, j)
+        by.failed[rest[0] if rest else stages(g)[-1]] = where
+        by.blocked += rest[1:]
+    return by
 
 
 def _launcher(opts: ExecutorConfig, out: Path):
@@ -268,22 +257,21 @@ def run_study_graph(config, out, opts: ExecutorConfig) -> dict:
     # one process per stage, or (local, one process per job) per run of a chain's stages: a stage process spends
     # seconds importing torch and loading data, which on a CPU study of small stages is much of the work
     groups = (chain_groups(graph, complete) if opts.kind == "local" and opts.gpus_per_job == 1
-              else [[j] for j in graph if j not in complete])
-    group_of = {j: "..".join([g[0], g[-1].rpartition("/")[2]]) if len(g) > 1 else g[0] for g in groups for j in g}
-    jobs = [Job(j, command + ["--stage", j], (), False) for j in graph if j in complete]
-    for g in groups:
-        deps = tuple(dict.fromkeys(group_of.get(d, d) for j in g for d in graph[j][0] if group_of.get(d, d) != group_of[j]))
-        jobs.append(Job(group_of[g[0]], command + [a for j in g for a in ("--stage", j)], deps,
-                        any(graph[j][1] for j in g)))
-    jobs = most_successors_first(jobs)
-    members = {group_of[g[0]]: g for g in groups}
+              else [[j] for j in graph if j not in complete]) + [[j] for j in graph if j in complete]
+    members = {(f"{g[0]}..{g[-1].rpartition('/')[2]}" if len(g) > 1 else g[0]): g for g in groups}
+    group_of = {j: gid for gid, g in members.items() for j in g}
+    jobs = most_successors_first([
+        Job(gid, command + [a for j in g for a in ("--stage", j)],
+            tuple(dict.fromkeys(group_of[d] for j in g for d in graph[j][0] if group_of[d] != gid)),
+            any(graph[j][1] for j in g))
+        for gid, g in members.items()])
     asked = set()
 
     def is_complete(job: Job) -> bool:  # first from the plan; after a job ran, its stages are in place
         if job.id not in asked:
             asked.add(job.id)
             return job.id in complete
-        return all((out / j / STAGE_FILE).is_file() for j in members.get(job.id, [job.id]))
+        return all(_done(out, j) for j in members.get(job.id, [job.id]))
 
     with _workspace(out / "workspace"):  # the jobs inherit it
         res = stage_results(run_graph(jobs, launcher, is_complete, retries=opts.retries, announce=info), members, out)
