@@ -67,7 +67,8 @@ def run_cmd(config, out, jobs, gpus_per_job, kind, cluster, stage, as_json):
     Each stage is cached under OUT/<tokenizer>/seed-<r>/<stage>/ and skipped while its inputs are
     unchanged; a run that was killed finishes where it stopped when started again, and raising `seeds`
     runs only the new replicates. With --jobs N (or --executor submitit) independent stages run at
-    once, each in its own process; a failed stage stops only the stages that need it.
+    once in their own processes (locally a chain's consecutive stages share one; with submitit each
+    stage is a job); a failed stage stops only the stages that need it.
 
     \b
     latentlab run studies/default.yaml --out demo-out
